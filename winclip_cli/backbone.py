@@ -1,0 +1,317 @@
+"""open_clip backbone: weights resolution, cheap construction, device and precision.
+
+The model is built on the ``meta`` device (no random initialisation, which would cost
+seconds for the default model only to be overwritten) and its weights are then
+assigned straight from the checkpoint, memory-mapped where the format allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_PRETRAINED = "laion400m_e31"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LOCAL_DIR = "local-dir:"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The model or its weights could not be loaded; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A loaded open_clip model with what the rest of the program needs to know about it."""
+
+    clip: torch.nn.Module
+    model_name: str
+    weights_id: str  # identity of the weights, for cache keys and bank compatibility
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    dtype: torch.dtype  # autocast dtype; float32 means no autocast
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|mps`` (or ``cuda:N``) into a device that exists here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was asked for but MPS is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or mps")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """Autocast dtype for ``precision`` on ``device``; refuses combinations that would crawl."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use fp32, fp16 or bf16")
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("fp16 is not supported on the CPU: use --precision bf16 or fp32")
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16: use --precision fp16 or fp32")
+    return dtype
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs warnings on the root logger (e.g. 'initialized randomly'); hide them."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Fail fast offline: the hub client retries for about a minute before giving up."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_help(model: str, pretrained: str) -> str:
+    return (
+        f"weights {model}/{pretrained} are not in the local cache and the model hub cannot "
+        f"be reached. Run `winclip download --model {model} --pretrained {pretrained}` on a "
+        "connected machine (then copy the cache), or pass a local checkpoint with "
+        "--weights FILE"
+    )
+
+
+def hub_file(model: str, pretrained: str) -> tuple[str, str]:
+    """The (repo_id, filename) on the hub for an open_clip pretrained tag."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        tags = ", ".join(t for m, t in open_clip.list_pretrained() if m == model) or "none"
+        raise WeightsUnavailableError(
+            f"unknown weights tag {pretrained!r} for model {model!r} (known tags: {tags}); "
+            "or pass a local checkpoint with --weights FILE"
+        )
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        raise WeightsUnavailableError(
+            f"weights {model}/{pretrained} are not on the model hub; download them yourself "
+            "and pass --weights FILE"
+        )
+    # open_clip's convention: 'org/repo/file', or 'org/repo/' for its default file name.
+    repo_id, filename = os.path.split(hub)
+    return repo_id, filename or "open_clip_pytorch_model.bin"
+
+
+def fetch_pretrained(
+    model: str, pretrained: str, cache_dir: str | None = None, allow_download: bool = True
+) -> Path:
+    """Path of the checkpoint for an open_clip tag: from the local cache, else downloaded.
+
+    Raises WeightsUnavailableError within seconds when offline and not cached.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, filename = hub_file(model, pretrained)
+    # open_clip prefers a safetensors twin of the .bin when the repo has one.
+    candidates = [filename]
+    if filename.endswith(".bin"):
+        candidates.insert(0, "open_clip_model.safetensors")
+    for name in candidates:
+        try:
+            path = hf_hub_download(repo_id, name, cache_dir=cache_dir, local_files_only=True)
+            return Path(path)
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+            continue
+    if not allow_download or not _hub_reachable():
+        raise WeightsUnavailableError(_offline_help(model, pretrained))
+    errors = []
+    for name in candidates:
+        try:
+            return Path(hf_hub_download(repo_id, name, cache_dir=cache_dir))
+        except Exception as exc:  # the hub raises many types; keep the last reason
+            errors.append(f"{name}: {exc}")
+    raise WeightsUnavailableError(
+        f"could not download weights {model}/{pretrained} ({errors[-1].splitlines()[0]}); "
+        "pass a local checkpoint with --weights FILE"
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors / .pt / .bin, bare or under a ``state_dict`` key."""
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            checkpoint: Any = load_file(str(path))
+        else:
+            try:  # mmap: pages are read as the weights are used, not all up front
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) torch.save format cannot be mapped
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailableError(
+            f"cannot read weights file {path}: {reason[:200]} (is it an open_clip checkpoint?)"
+        ) from exc
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise WeightsUnavailableError(f"weights file {path} does not hold a state dict")
+    if next(iter(checkpoint)).startswith("module."):
+        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def _local_dir_checkpoint(folder: Path) -> Path | None:
+    for name in (
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "open_clip_pytorch_model.pth",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "model.pt",
+        "model.pth",
+    ):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    return found[0] if found else None
+
+
+def _file_identity(path: Path) -> str:
+    """Cheap identity of a weights file: hashing 0.8 GB on every run would cost seconds."""
+    st = path.stat()
+    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _build_on_meta(model: str) -> torch.nn.Module:
+    import open_clip
+
+    with _quiet_open_clip(), torch.device("meta"):
+        try:
+            return open_clip.create_model(model, load_weights=False, device="meta")
+        except (RuntimeError, FileNotFoundError, ValueError) as exc:
+            raise WeightsUnavailableError(f"cannot build model {model!r}: {exc}") from exc
+
+
+def _assign_weights(clip: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    from open_clip.model import resize_pos_embed
+
+    if "logit_scale" in state and state["logit_scale"].ndim != clip.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(clip.logit_scale.shape)
+    resize_pos_embed(state, clip)
+    try:
+        clip.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])
+        raise WeightsUnavailableError(
+            f"weights {source} do not fit this model: {detail[:300]}"
+        ) from exc
+    # Non-persistent buffers are not in a checkpoint: rebuild them on a real device.
+    for name, buf in list(clip.named_buffers()):
+        if buf.is_meta:
+            if not name.endswith("attn_mask") or buf.ndim != 2 or buf.shape[0] != buf.shape[1]:
+                raise WeightsUnavailableError(f"model has an unsupported buffer {name!r}")
+            mask = torch.full(tuple(buf.shape), float("-inf")).triu_(1)
+            owner = clip.get_submodule(name.rpartition(".")[0]) if "." in name else clip
+            owner.register_buffer(name.rpartition(".")[2], mask, persistent=False)
+
+
+def load_backbone(
+    model: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> Backbone:
+    """Build the open_clip model and load its weights.
+
+    ``weights`` (a local file) wins over ``pretrained`` (an open_clip tag, downloaded once
+    and cached); with ``model="local-dir:PATH"`` both come from that folder. Nothing is
+    downloaded when ``weights`` is given. Raises WeightsUnavailableError on any failure.
+    """
+    torch_device = resolve_device(device)
+    dtype = resolve_precision(precision, torch_device)
+    import open_clip
+
+    if model.startswith(LOCAL_DIR):
+        folder = Path(model[len(LOCAL_DIR) :])
+        config_path = folder / "open_clip_config.json"
+        if not config_path.is_file():
+            raise WeightsUnavailableError(f"{model}: no open_clip_config.json in {folder}")
+        try:
+            preprocess_cfg = json.loads(config_path.read_text()).get("preprocess_cfg", {})
+        except (OSError, json.JSONDecodeError, AttributeError) as exc:
+            raise WeightsUnavailableError(f"{model}: unreadable open_clip_config.json") from exc
+        checkpoint = Path(weights) if weights else _local_dir_checkpoint(folder)
+        if checkpoint is None:
+            raise WeightsUnavailableError(f"{model}: no weights file in {folder}")
+        tag_cfg: dict[str, Any] = preprocess_cfg
+    else:
+        if open_clip.get_model_config(model) is None:
+            raise WeightsUnavailableError(
+                f"unknown model {model!r}: use a name from open_clip.list_models() "
+                "or local-dir:PATH"
+            )
+        tag_cfg = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
+        if weights:
+            checkpoint = Path(weights)
+        elif pretrained:
+            checkpoint = fetch_pretrained(model, pretrained, cache_dir=cache_dir)
+        else:
+            raise WeightsUnavailableError("no weights: give a pretrained tag or --weights FILE")
+
+    clip = _build_on_meta(model)
+    visual = clip.visual
+    if getattr(visual, "pool_type", None) != "tok" or getattr(visual, "attn_pool", None):
+        raise WeightsUnavailableError(
+            f"model {model!r} has no class token (pool_type must be 'tok'): WinCLIP needs one"
+        )
+    _assign_weights(clip, _read_state_dict(checkpoint), str(checkpoint))
+    clip = clip.to(torch_device).eval().requires_grad_(False)
+
+    default = visual.preprocess_cfg
+    mean = tuple(tag_cfg.get("mean", default["mean"]))
+    std = tuple(tag_cfg.get("std", default["std"]))
+    if weights or model.startswith(LOCAL_DIR):
+        weights_id = _file_identity(checkpoint)
+    else:
+        weights_id = f"tag:{pretrained}"
+    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype)  # type: ignore[arg-type]

@@ -1,0 +1,147 @@
+"""On-disk text-embedding cache and reference-bank files.
+
+Both are written to a temporary name and renamed, so a reader never sees half a file,
+and both are checked on reading: a corrupt or mismatched entry is never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CACHE_ENV = "WINCLIP_CACHE_DIR"
+BANK_FORMAT = "winclip-reference-bank"
+BANK_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """$WINCLIP_CACHE_DIR, else the platform's per-user cache folder + /winclip."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        return base / "winclip" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "winclip"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "winclip"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TextEmbeddingCache:
+    """Text embeddings keyed by everything they depend on (model, weights, prompts, class)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def _path(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return self.root / "text" / f"{digest[:32]}.pt"
+
+    def get(self, key: dict[str, Any]) -> torch.Tensor | None:
+        """The cached (2, D) tensor, or None when missing, unreadable or for another key."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            text = entry["text"]
+            if entry["key"] != key or text.ndim != 2 or text.shape[0] != 2:
+                return None
+            if not torch.isfinite(text).all():
+                return None
+            return text.float()
+        except Exception:  # any damage at all means: rebuild
+            return None
+
+    def put(self, key: dict[str, Any], text: torch.Tensor) -> None:
+        """Store an entry; a cache that can't be written costs speed, never the run."""
+        entry = {"key": key, "text": text.detach().float().cpu()}
+        try:
+            atomic_write(self._path(key), lambda f: torch.save(entry, f))
+        except OSError as exc:
+            warnings.warn(f"text cache not written ({self.root}): {exc.strerror}", stacklevel=2)
+
+
+class BankFileError(ValueError):
+    """A reference-bank file that is unreadable or does not fit the model in use."""
+
+
+@dataclass
+class ReferenceBank:
+    """Features of K normal images: patch tokens and window embeddings, L2-normalised.
+
+    ``patch_tokens``: (K * num_patches, width); ``windows[k]``: (K * num_windows_k, dim).
+    ``meta`` records what the bank was built with, so a model it does not fit refuses it.
+    """
+
+    patch_tokens: torch.Tensor
+    windows: dict[int, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.meta.get("num_images", 0))
+
+    def to(self, device: torch.device | str) -> ReferenceBank:
+        return ReferenceBank(
+            self.patch_tokens.to(device),
+            {k: v.to(device) for k, v in self.windows.items()},
+            dict(self.meta),
+        )
+
+
+def save_bank(bank: ReferenceBank, path: str | os.PathLike[str]) -> None:
+    """Write a bank file (a torch file of plain tensors and strings, safe to load)."""
+    payload = {
+        "format": BANK_FORMAT,
+        "version": BANK_VERSION,
+        "meta": bank.meta,
+        "patch_tokens": bank.patch_tokens.detach().float().cpu(),
+        "windows": {str(k): v.detach().float().cpu() for k, v in bank.windows.items()},
+    }
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_bank(path: str | os.PathLike[str]) -> ReferenceBank:
+    """Read a bank file written by save_bank; raises BankFileError when it is not one."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise BankFileError(f"reference bank {path} not found") from exc
+    except Exception as exc:
+        raise BankFileError(f"{path} is not a readable reference bank file") from exc
+    if not isinstance(payload, dict) or payload.get("format") != BANK_FORMAT:
+        raise BankFileError(f"{path} is not a winclip reference bank file")
+    if payload.get("version") != BANK_VERSION:
+        raise BankFileError(f"{path}: bank format version {payload.get('version')} unsupported")
+    try:
+        windows = {int(k): v for k, v in payload["windows"].items()}
+        bank = ReferenceBank(payload["patch_tokens"], windows, dict(payload["meta"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BankFileError(f"{path}: damaged reference bank file") from exc
+    tensors = [bank.patch_tokens, *bank.windows.values()]
+    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in tensors):
+        raise BankFileError(f"{path}: damaged reference bank file")
+    return bank

@@ -1,0 +1,347 @@
+"""WinClip: text, image and window encoding, and zero-/few-shot scoring (WINCLIP.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, Backbone, load_backbone
+from .cache import ReferenceBank, TextEmbeddingCache
+from .imaging import resize_to_tensor_array
+from .prompts import PromptSet, clean_class_name
+from .windows import harmonic_aggregate, window_indices
+
+DEFAULT_SCALES = (2, 3)
+# Window sequences are run in chunks of at most this many tokens: big enough for
+# efficient matrix multiplies, small enough to bound memory (~0.25 GB of MLP activations
+# at width 896 in fp32).
+WINDOW_TOKEN_BUDGET = 16384
+
+
+class BankMismatchError(ValueError):
+    """A reference bank built with another model, weights, input size or scales."""
+
+
+@dataclass
+class Prediction:
+    """Scores for a batch: ``image_scores`` (B,), ``grid_maps`` (B, gh, gw) or None."""
+
+    image_scores: torch.Tensor
+    grid_maps: torch.Tensor | None
+
+
+@dataclass
+class Features:
+    """Image-side features of a batch (all float32)."""
+
+    embedding: torch.Tensor  # (B, D) projected class token, L2-normalised
+    patch_tokens: torch.Tensor | None  # (B, N, W) after ln_post, L2-normalised
+    windows: dict[int, torch.Tensor]  # scale -> (B, num_windows, D), L2-normalised
+
+
+def _is_plain_block(block: torch.nn.Module) -> bool:
+    """True for open_clip's standard ResidualAttentionBlock, which the fast path re-implements."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is ResidualAttentionBlock
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, torch.nn.MultiheadAttention)
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+    )
+
+
+def _plain_block_forward(block: Any, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
+    """ResidualAttentionBlock.forward on batch-first (S, L, W) sequences.
+
+    The same arithmetic as open_clip's block, through scaled_dot_product_attention; with
+    ``class_token_only`` only the class token's output (S, 1, W) is computed, which is all
+    the last layer of a window pass needs.
+    """
+    attn = block.attn
+    heads = attn.num_heads
+    seqs, length, width = x.shape
+    h = block.ln_1(x)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    if class_token_only:
+        q, x = q[:, :1], x[:, :1]
+    q_len = q.shape[1]
+    q = q.reshape(seqs, q_len, heads, -1).transpose(1, 2)
+    k = k.reshape(seqs, length, heads, -1).transpose(1, 2)
+    v = v.reshape(seqs, length, heads, -1).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v)
+    out = attn.out_proj(out.transpose(1, 2).reshape(seqs, q_len, width))
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def p_anomalous(embeddings: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(cos(f, T0) / tau, cos(f, T1) / tau)[1] for L2-normalised embeddings (..., D)."""
+    logits = embeddings.float() @ F.normalize(text.float(), dim=-1).T / temperature
+    return logits.softmax(dim=-1)[..., 1]
+
+
+def association(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """min over bank of (1 - cos(q, b)) / 2, for L2-normalised queries (..., C) and bank (M, C)."""
+    best = (queries.float() @ bank.float().T).amax(dim=-1)
+    # Rounding can push a cosine a hair past 1; a negative distance would break 1/s.
+    return ((1.0 - best) / 2.0).clamp_min(0.0)
+
+
+def upsample(grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of (B, gh, gw) maps to (B, H, W)."""
+    return F.interpolate(
+        grid_maps[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )[:, 0]
+
+
+class WinClip:
+    """Zero-shot (WinCLIP) and few-shot (WinCLIP+) anomaly scoring on an open_clip ViT."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        prompts: PromptSet | None = None,
+        scales: tuple[int, ...] = DEFAULT_SCALES,
+        temperature: float | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.prompts = prompts or PromptSet()
+        self.visual = backbone.clip.visual
+        self.device = backbone.device
+        self.input_size: tuple[int, int] = tuple(self.visual.image_size)  # type: ignore[assignment]
+        self.grid_size: tuple[int, int] = tuple(self.visual.grid_size)  # type: ignore[assignment]
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.scales = tuple(sorted(set(scales)))
+        self.windows = {k: window_indices(*self.grid_size, k).to(self.device) for k in self.scales}
+        trained = 1.0 / float(backbone.clip.logit_scale.exp().item())
+        self.temperature = float(temperature) if temperature is not None else trained
+        if self.temperature <= 0:
+            raise ValueError("the temperature must be positive")
+        self.text_cache = TextEmbeddingCache(cache_dir)
+        blocks = self.visual.transformer.resblocks
+        self._fast_blocks = all(_is_plain_block(b) for b in blocks)
+        self._tokenizer: Any = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        pretrained: str | None = DEFAULT_PRETRAINED,
+        weights: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        prompts: PromptSet | None = None,
+        scales: tuple[int, ...] = DEFAULT_SCALES,
+        temperature: float | None = None,
+    ) -> WinClip:
+        """Load an open_clip model (tag, local ``weights`` file or ``local-dir:``) for scoring.
+
+        Raises backbone.WeightsUnavailableError when the weights can't be had.
+        """
+        backbone = load_backbone(model, pretrained, weights, device, precision)
+        return cls(backbone, prompts, scales, temperature, cache_dir)
+
+    # ----- inputs -------------------------------------------------------------------
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """(3, H, W) model input: RGB, whole-image bicubic resize, normalised."""
+        array = resize_to_tensor_array(image, self.input_size)
+        return self.normalize(torch.from_numpy(array).permute(2, 0, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the model's mean/std to (..., 3, H, W) tensors in [0, 1]."""
+        mean = torch.tensor(self.backbone.mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(self.backbone.std, dtype=x.dtype).view(3, 1, 1)
+        return (x - mean) / std
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = self.backbone.dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ----- text side ----------------------------------------------------------------
+
+    def _text_key(self, class_name: str) -> dict[str, Any]:
+        normal, anomalous = self.prompts.prompts(class_name)
+        return {
+            "version": 1,
+            "model": self.backbone.model_name,
+            "weights": self.backbone.weights_id,
+            "class": clean_class_name(class_name),
+            "normal": normal,
+            "anomalous": anomalous,
+        }
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: list[str], batch_size: int = 128) -> torch.Tensor:
+        """L2-normalised text embeddings (n, D) of the given prompts."""
+        if self._tokenizer is None:
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self.backbone.model_name)
+        chunks = []
+        for start in range(0, len(prompts), batch_size):
+            tokens = self._tokenizer(prompts[start : start + batch_size]).to(self.device)
+            with self._autocast():
+                chunks.append(self.backbone.clip.encode_text(tokens).float())
+        return F.normalize(torch.cat(chunks), dim=-1)
+
+    def text_embeddings(self, class_name: str = "object") -> torch.Tensor:
+        """(2, D) class embedding: row 0 normal, row 1 anomalous (cached on disk)."""
+        key = self._text_key(class_name)
+        cached = self.text_cache.get(key)
+        if cached is not None:
+            return cached.to(self.device)
+        rows = []
+        for group in (key["normal"], key["anomalous"]):
+            rows.append(F.normalize(self.encode_text(group).mean(dim=0), dim=-1))
+        text = torch.stack(rows)
+        self.text_cache.put(key, text)
+        return text
+
+    # ----- image side ---------------------------------------------------------------
+
+    def _embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + class token + positions, then ln_pre: (B, 1 + N, W).
+
+        ln_pre acts on each token alone, so applying it before gathering window tokens
+        gives the same sequences as applying it to each gathered window.
+        """
+        v = self.visual
+        x = v.conv1(x).flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.ln_pre(x)
+
+    def _transformer(self, x: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+        """The visual transformer on batch-first (S, L, W) sequences, each on its own."""
+        if not self._fast_blocks:  # open_clip's own forward handles its layout
+            out = self.visual.transformer(x)
+            return out[:, :1] if class_token_only else out
+        blocks = self.visual.transformer.resblocks
+        last = len(blocks) - 1
+        for i, block in enumerate(blocks):
+            x = _plain_block_forward(block, x, class_token_only and i == last)
+        return x
+
+    def _project(self, class_tokens: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        projected = v.ln_post(class_tokens)
+        if v.proj is not None:
+            projected = projected @ v.proj
+        return F.normalize(projected.float(), dim=-1)
+
+    def _window_embeddings(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, num_windows, D): each window's class token + k*k patches, run on their own."""
+        idx = self.windows[k]
+        batch, num_windows = tokens.shape[0], idx.shape[0]
+        patches = tokens[:, 1:][:, idx]  # (B, Nw, k*k, W)
+        cls = tokens[:, :1, None].expand(-1, num_windows, -1, -1)
+        seqs = torch.cat([cls, patches], dim=2).flatten(0, 1)  # (B*Nw, 1+k*k, W)
+        per_chunk = max(1, WINDOW_TOKEN_BUDGET // seqs.shape[1])
+        outs = [
+            self._transformer(chunk, class_token_only=True)[:, 0] for chunk in seqs.split(per_chunk)
+        ]
+        return self._project(torch.cat(outs)).view(batch, num_windows, -1)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor, windows: bool = True, patch_tokens: bool = False) -> Features:
+        """Image embedding, and on request window embeddings and patch tokens, of (B, 3, H, W)."""
+        x = x.to(self.device, non_blocking=True)
+        with self._autocast():
+            tokens = self._embed_tokens(x.to(self.visual.conv1.weight.dtype))
+            out = self._transformer(tokens, class_token_only=not patch_tokens)
+            embedding = self._project(out[:, 0])
+            patches = None
+            if patch_tokens:
+                patches = F.normalize(self.visual.ln_post(out[:, 1:]).float(), dim=-1)
+            wins = {k: self._window_embeddings(tokens, k) for k in self.scales} if windows else {}
+        return Features(embedding, patches, wins)
+
+    # ----- scoring ------------------------------------------------------------------
+
+    def reference_bank(self, refs: torch.Tensor, batch_size: int = 8) -> ReferenceBank:
+        """Bank of patch tokens and window embeddings from (K, 3, H, W) normal images."""
+        if refs.ndim != 4 or refs.shape[0] == 0:
+            raise ValueError("reference_bank needs a (K, 3, H, W) batch with K >= 1")
+        feats = [self.encode(b, windows=True, patch_tokens=True) for b in refs.split(batch_size)]
+        patch = torch.cat([f.patch_tokens for f in feats]).flatten(0, 1)  # type: ignore[misc]
+        wins = {k: torch.cat([f.windows[k] for f in feats]).flatten(0, 1) for k in self.scales}
+        return ReferenceBank(patch, wins, self.bank_meta(refs.shape[0]))
+
+    def bank_meta(self, num_images: int) -> dict[str, Any]:
+        """What a bank built by this model records about it."""
+        return {
+            "model": self.backbone.model_name,
+            "weights": self.backbone.weights_id,
+            "input_size": list(self.input_size),
+            "grid_size": list(self.grid_size),
+            "scales": list(self.scales),
+            "num_images": int(num_images),
+        }
+
+    def check_bank(self, bank: ReferenceBank) -> ReferenceBank:
+        """The bank on this model's device; BankMismatchError when it was built otherwise."""
+        mine = self.bank_meta(bank.num_images)
+        for field in ("model", "weights", "input_size", "grid_size", "scales"):
+            if bank.meta.get(field) != mine[field]:
+                raise BankMismatchError(
+                    f"reference bank was built with {field}={bank.meta.get(field)!r}, "
+                    f"but this model has {mine[field]!r}: rebuild it from the images"
+                )
+        return bank.to(self.device)
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        bank: ReferenceBank | None = None,
+        maps: bool = True,
+    ) -> Prediction:
+        """Anomaly scores (and grid maps) for (B, 3, H, W) preprocessed images.
+
+        Zero-shot when ``bank`` is None; WinCLIP+ otherwise. With ``maps=False`` and no
+        bank, only the ordinary forward pass runs (no windows).
+        """
+        if bank is not None:
+            bank = self.check_bank(bank)
+        need_windows = maps or bank is not None
+        feats = self.encode(x, windows=need_windows, patch_tokens=bank is not None)
+        text = text.to(self.device)
+        s_img = p_anomalous(feats.embedding, text, self.temperature)
+        if not need_windows:
+            return Prediction(s_img.cpu(), None)
+
+        n = self.num_patches
+        zs_inverse = 1.0 / s_img[:, None]
+        for k in self.scales:
+            window_scores = p_anomalous(feats.windows[k], text, self.temperature)
+            zs_inverse = zs_inverse + 1.0 / harmonic_aggregate(window_scores, self.windows[k], n)
+        zero_shot = (1 + len(self.scales)) / zs_inverse  # (B, N)
+
+        if bank is None:
+            grid, scores = zero_shot, s_img
+        else:
+            few_shot = association(feats.patch_tokens, bank.patch_tokens)  # type: ignore[arg-type]
+            for k in self.scales:
+                a_w = association(feats.windows[k], bank.windows[k])
+                few_shot = few_shot + harmonic_aggregate(a_w, self.windows[k], n)
+            few_shot = few_shot / (1 + len(self.scales))
+            grid = (zero_shot + few_shot) / 2
+            scores = (s_img + few_shot.amax(dim=1)) / 2
+        grid_maps = grid.view(-1, *self.grid_size).cpu() if maps else None
+        return Prediction(scores.cpu(), grid_maps)

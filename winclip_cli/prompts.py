@@ -1,0 +1,114 @@
+"""The compositional prompt ensemble: state words, templates and prompt files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+NORMAL_STATES: tuple[str, ...] = (
+    "{}",
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+)
+ANOMALOUS_STATES: tuple[str, ...] = (
+    "damaged {}",
+    "{} with flaw",
+    "{} with defect",
+    "{} with damage",
+)
+TEMPLATES: tuple[str, ...] = (
+    "a cropped photo of the {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a close-up photo of the {}.",
+    "a bright photo of a {}.",
+    "a bright photo of the {}.",
+    "a dark photo of a {}.",
+    "a dark photo of the {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.",
+    "a blurry photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of the small {}.",
+    "a photo of a large {}.",
+    "a photo of the large {}.",
+    "a photo of a {} for visual inspection.",
+    "a photo of the {} for visual inspection.",
+    "a photo of a {} for anomaly detection.",
+    "a photo of the {} for anomaly detection.",
+)
+
+
+class PromptFileError(ValueError):
+    """A prompt file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """State words and templates; every string holds exactly one ``{}``."""
+
+    normal: tuple[str, ...] = NORMAL_STATES
+    anomalous: tuple[str, ...] = ANOMALOUS_STATES
+    templates: tuple[str, ...] = TEMPLATES
+
+    def prompts(self, class_name: str) -> tuple[list[str], list[str]]:
+        """All (normal, anomalous) prompts for a class: every state in every template."""
+        name = clean_class_name(class_name)
+
+        def fill(states: tuple[str, ...]) -> list[str]:
+            return [t.replace("{}", s.replace("{}", name)) for s in states for t in self.templates]
+
+        return fill(self.normal), fill(self.anomalous)
+
+
+def clean_class_name(class_name: str) -> str:
+    """``metal_nut`` -> ``metal nut``; refuses an empty name."""
+    name = " ".join(class_name.replace("_", " ").split())
+    if not name:
+        raise ValueError("the class name is empty: give the part's name with --class")
+    return name
+
+
+def load_prompt_file(path: str | Path) -> PromptSet:
+    """Read a JSON prompt file: ``{"normal": [...], "anomalous": [...], "templates": [...]}``.
+
+    Each key is optional (a missing one keeps the paper's list); each list must be
+    non-empty, and each string must contain ``{}`` exactly once.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PromptFileError(f"cannot read prompt file {path}: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PromptFileError(f"prompt file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PromptFileError(f"prompt file {path}: expected a JSON object")
+    unknown = set(data) - {"normal", "anomalous", "templates"}
+    if unknown:
+        raise PromptFileError(
+            f"prompt file {path}: unknown key(s) {sorted(unknown)}; "
+            "allowed: normal, anomalous, templates"
+        )
+    defaults = PromptSet()
+    fields = {}
+    for key in ("normal", "anomalous", "templates"):
+        value = data.get(key, getattr(defaults, key))
+        if not isinstance(value, (list, tuple)) or not value:
+            raise PromptFileError(f"prompt file {path}: {key!r} must be a non-empty list")
+        for item in value:
+            if not isinstance(item, str) or item.count("{}") != 1:
+                raise PromptFileError(
+                    f"prompt file {path}: every {key!r} entry must be a string with exactly "
+                    f"one '{{}}', got {item!r}"
+                )
+        fields[key] = tuple(value)
+    return PromptSet(**fields)
