@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 from PIL import Image
 
 # Transparent pixels are shown on a neutral grey: neither black nor white reads as a defect.
@@ -36,8 +39,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def resize_to_tensor_array(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Whole-image bicubic resize (no crop; PIL filters are antialiased) to (H, W, 3) float32
-    in [0, 1]. ``size`` is (height, width)."""
-    resized = to_rgb(img).resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    return np.asarray(resized, dtype=np.float32) / 255.0
+@dataclass(frozen=True)
+class Preprocessor:
+    """PIL image -> (3, H, W) model input: RGB, whole-image bicubic resize, normalised.
+
+    No centre crop, which would hide defects at the edges; PIL's bicubic filter is
+    antialiased. Picklable, so DataLoader workers can run it.
+    """
+
+    size: tuple[int, int]  # (height, width)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resized = to_rgb(image).resize((self.size[1], self.size[0]), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return ((x - mean) / std).contiguous()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, Backbone, load_backbone
 from .cache import ReferenceBank, TextEmbeddingCache
-from .imaging import resize_to_tensor_array
+from .imaging import Preprocessor
 from .prompts import PromptSet, clean_class_name
 from .windows import harmonic_aggregate, window_indices
 
@@ -129,6 +129,7 @@ class WinClip:
         if self.temperature <= 0:
             raise ValueError("the temperature must be positive")
         self.text_cache = TextEmbeddingCache(cache_dir)
+        self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         blocks = self.visual.transformer.resblocks
         self._fast_blocks = all(_is_plain_block(b) for b in blocks)
         self._tokenizer: Any = None
@@ -158,14 +159,7 @@ class WinClip:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """(3, H, W) model input: RGB, whole-image bicubic resize, normalised."""
-        array = resize_to_tensor_array(image, self.input_size)
-        return self.normalize(torch.from_numpy(array).permute(2, 0, 1))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the model's mean/std to (..., 3, H, W) tensors in [0, 1]."""
-        mean = torch.tensor(self.backbone.mean, dtype=x.dtype).view(3, 1, 1)
-        std = torch.tensor(self.backbone.std, dtype=x.dtype).view(3, 1, 1)
-        return (x - mean) / std
+        return self.preprocessor(image)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = self.backbone.dtype

@@ -1,0 +1,215 @@
+"""Finding input images, decoding them safely, and batching them (DataLoader)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .imaging import to_rgb
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
+)
+# Decoding stops above this many pixels (a header can claim any size: decompression bomb).
+MAX_PIXELS = 2**28  # 268 MP, e.g. 16384 x 16384
+
+
+class ImageReadError(Exception):
+    """An input that can't be decoded; the message is one line for the `error` column."""
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One input file: where it is, how it is shown in the output, and its name below base."""
+
+    path: Path  # as it is opened
+    display: str  # the `path` column: the path as the user wrote it, walked down
+    relative: str  # path below the inputs' common base, for output file names
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk(root: Path, skip: set[tuple[int, int]]) -> Iterator[Path]:
+    """Image files under root, sorted, following symlinked folders but never in a loop."""
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: Path) -> Iterator[Path]:
+        try:
+            st = folder.stat()
+        except OSError:
+            return
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen or ident in skip:
+            return
+        seen.add(ident)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; False for dangling ones
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield from visit(Path(entry.path))
+            elif _is_image_name(entry.name):
+                yield Path(entry.path)
+
+    yield from visit(root)
+
+
+def _folder_ids(folders: Iterable[Path | None]) -> set[tuple[int, int]]:
+    ids = set()
+    for folder in folders:
+        if folder is not None and folder.is_dir():
+            st = folder.stat()
+            ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def find_images(inputs: Sequence[Path], exclude: Iterable[Path | None] = ()) -> list[InputImage]:
+    """Every image below the given files and folders, in sorted order, each once.
+
+    Folders are walked recursively (image extensions only, case-insensitive); files
+    named explicitly are taken whatever their extension. Folders in ``exclude`` (the
+    tool's output folder, the reference folder) are never entered. Raises
+    FileNotFoundError for an input that does not exist.
+    """
+    skip = _folder_ids(exclude)
+    found: list[Path] = []
+    for given in inputs:
+        if given.is_dir():
+            found.extend(_walk(given, skip))
+        elif given.exists() or given.is_symlink():
+            found.append(given)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {given}")
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.abspath(path), path)
+    if not unique:
+        return []
+    bases = [
+        os.path.abspath(p) if p.is_dir() else os.path.dirname(os.path.abspath(p)) for p in inputs
+    ]
+    base = os.path.commonpath(bases)
+    return [
+        InputImage(path, str(path), os.path.relpath(absolute, base))
+        for absolute, path in unique.items()
+    ]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:300]
+
+
+def open_image(path: Path) -> Image.Image:
+    """The picture as a viewer shows it (first frame, EXIF orientation applied), in RGB.
+
+    Raises ImageReadError with a one-line reason for anything that can't be decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageReadError(
+                        f"image too large: {img.width}x{img.height} pixels "
+                        f"(limit {MAX_PIXELS // 1_000_000} MP)"
+                    )
+                img.load()
+                shown = ImageOps.exif_transpose(img)
+                return to_rgb(shown if shown is not None else img)
+    except ImageReadError:
+        raise
+    except FileNotFoundError as exc:
+        why = "broken symbolic link" if path.is_symlink() else "file not found (moved or deleted?)"
+        raise ImageReadError(why) from exc
+    except IsADirectoryError as exc:
+        raise ImageReadError("is a folder, not an image file") from exc
+    except PermissionError as exc:
+        raise ImageReadError("permission denied") from exc
+    except UnidentifiedImageError as exc:
+        empty = path.is_file() and path.stat().st_size == 0
+        raise ImageReadError("empty file" if empty else "not an image (unknown format)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"image too large: {_one_line(str(exc))}") from exc
+    except OSError as exc:
+        raise ImageReadError(f"damaged image: {_one_line(str(exc) or type(exc).__name__)}") from exc
+    except Exception as exc:  # decoders raise many types on hostile bytes
+        reason = _one_line(str(exc)) or type(exc).__name__
+        raise ImageReadError(f"cannot decode image: {reason}") from exc
+
+
+@dataclass
+class Decoded:
+    """A dataset item: its index, the model input (or None) and the read error (or None)."""
+
+    index: int
+    tensor: torch.Tensor | None
+    error: str | None
+
+
+class ImageDataset(torch.utils.data.Dataset[Decoded]):
+    """Decodes and preprocesses one input per item; a bad file yields an error, not a crash."""
+
+    def __init__(
+        self, images: Sequence[InputImage], preprocess: Callable[[Image.Image], torch.Tensor]
+    ):
+        self.images = images
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Decoded:
+        try:
+            return Decoded(index, self.preprocess(open_image(self.images[index].path)), None)
+        except ImageReadError as exc:
+            return Decoded(index, None, str(exc))
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; only the main process should react to it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1)
+
+
+def _as_list(items: list[Decoded]) -> list[Decoded]:
+    return items
+
+
+def batches(
+    images: Sequence[InputImage],
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    batch_size: int,
+    workers: int,
+) -> Iterator[list[Decoded]]:
+    """Decoded inputs in input order, ``batch_size`` at a time, decoded by ``workers``
+    background processes (0: in this process) so decoding overlaps inference."""
+    dataset = ImageDataset(images, preprocess)
+    if workers > 0 and len(images) > batch_size:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_as_list,
+            worker_init_fn=_ignore_interrupts,
+            prefetch_factor=2,
+        )
+        yield from loader
+        return
+    # A few images: starting worker processes would cost more than it saves.
+    for start in range(0, len(dataset), batch_size):
+        yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]

@@ -1,0 +1,250 @@
+"""Result rows (CSV / JSON lines), heatmap overlays and saved maps."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .cache import atomic_write
+
+FORMATS = ("csv", "jsonl")
+# Writing rows and file names with surrogateescape lets any OS file name round-trip.
+ENCODING_ERRORS = "surrogateescape"
+
+
+@dataclass
+class Row:
+    """One output row; ``score`` is None when the input could not be scored."""
+
+    path: str
+    score: float | None = None
+    status: str = "ok"
+    error: str = ""
+    map_max: float | None = None
+    overlay: str = ""
+    map: str = ""
+
+
+def columns(with_maps: bool, saved_maps: bool, threshold: float | None) -> list[str]:
+    """The fixed column order for a run's options."""
+    cols = ["path", "score"]
+    if threshold is not None:
+        cols.append("label")
+    if with_maps:
+        cols += ["map_max", "overlay"]
+    if saved_maps:
+        cols.append("map")
+    return [*cols, "status", "error"]
+
+
+def label(score: float | None, threshold: float | None) -> str:
+    """``anomalous`` at or above the threshold, ``normal`` below, empty without a score."""
+    if score is None or threshold is None:
+        return ""
+    return "anomalous" if score >= threshold else "normal"
+
+
+class RowWriter:
+    """Writes rows as they come, each in one write followed by a flush, so an interrupted
+    run leaves a valid file with every finished row."""
+
+    def __init__(
+        self,
+        stream: IO[str],
+        fmt: str,
+        cols: list[str],
+        threshold: float | None,
+        header: bool = True,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}: use csv or jsonl")
+        self.stream, self.fmt, self.cols, self.threshold = stream, fmt, cols, threshold
+        if header and fmt == "csv":
+            self._write(self._csv_line(cols))
+
+    def _csv_line(self, values: Sequence[str]) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(values)
+        return buffer.getvalue()
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def record(self, row: Row) -> dict[str, Any]:
+        """The row as a dict of this run's columns (numbers rounded to 6 decimals)."""
+        values: dict[str, Any] = {
+            "path": row.path,
+            "score": None if row.score is None else round(row.score, 6),
+            "label": label(row.score, self.threshold),
+            "map_max": None if row.map_max is None else round(row.map_max, 6),
+            "overlay": row.overlay,
+            "map": row.map,
+            "status": row.status,
+            "error": row.error,
+        }
+        return {c: values[c] for c in self.cols}
+
+    def write(self, row: Row) -> None:
+        record = self.record(row)
+        if self.fmt == "jsonl":
+            self._write(json.dumps(record, ensure_ascii=False) + "\n")
+            return
+        cells = [
+            "" if v is None else f"{v:.6f}" if isinstance(v, float) else v for v in record.values()
+        ]
+        self._write(self._csv_line(cells))
+
+
+def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, str]]:
+    """Rows already in an output file, for --resume; a torn last row is dropped and the
+    file rewritten without it. Raises ValueError when the file is of another shape."""
+    text = path.read_text(encoding="utf-8", errors=ENCODING_ERRORS)
+    if not text:
+        return []
+    rows: list[dict[str, Any]] = []
+    if fmt == "jsonl":
+        lines = text.split("\n")
+        for number, line in enumerate(lines):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines) - 1:  # torn by a crash mid-write
+                    break
+                raise ValueError(f"{path}: line {number + 1} is not JSON") from None
+            if not isinstance(record, dict) or set(record) != set(cols):
+                raise ValueError(f"{path} has other fields than this run would write")
+            rows.append(record)
+    else:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+        if records and records[0] != cols:
+            raise ValueError(
+                f"{path} has columns {','.join(records[0])}, this run writes {','.join(cols)}"
+            )
+        body = records[1:]
+        if body and (not text.endswith("\n") or len(body[-1]) != len(cols)):
+            body = body[:-1]  # torn by a crash mid-write
+        rows = [dict(zip(cols, r, strict=False)) for r in body if len(r) == len(cols)]
+    _rewrite(path, fmt, cols, rows)
+    return rows
+
+
+def _rewrite(path: Path, fmt: str, cols: list[str], rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(cols)
+        writer.writerows([["" if r[c] is None else r[c] for c in cols] for r in rows])
+    else:
+        buffer.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    data = buffer.getvalue().encode("utf-8", errors=ENCODING_ERRORS)
+    if data != path.read_bytes():
+        atomic_write(path, lambda f: f.write(data))
+
+
+# ----- images ---------------------------------------------------------------------------
+
+# Polynomial fit of matplotlib's perceptually uniform 'viridis' colormap (max error < 1%).
+_VIRIDIS = np.array(
+    [
+        [0.2777273272234177, 0.005407344544966578, 0.3340998053353061],
+        [0.1050930431085774, 1.404613529898575, 1.384590162594685],
+        [-0.3308618287255563, 0.214847559468213, 0.09509516302823659],
+        [-4.634230498983486, -5.799100973351585, -19.33244095627987],
+        [6.228269936347081, 14.17993336680509, 56.69055260068105],
+        [4.776384997670288, -13.74514537774601, -65.35303263337234],
+        [-5.435455855934631, 4.645852612178535, 26.3124352495832],
+    ]
+)
+_LUT = np.clip(
+    np.stack([np.polynomial.polynomial.polyval(np.linspace(0, 1, 256), c) for c in _VIRIDIS.T], 1),
+    0,
+    1,
+)
+COLORMAP = (_LUT * 255).round().astype(np.uint8)  # (256, 3)
+OVERLAY_ALPHA = 0.5
+
+
+def colorize(values: np.ndarray) -> np.ndarray:
+    """(H, W) scores in [0, 1] -> (H, W, 3) uint8 colours; the scale is absolute, so the
+    same colour means the same score in every image."""
+    return COLORMAP[np.clip(np.rint(values * 255), 0, 255).astype(np.intp)]
+
+
+def _draw_legend(canvas: Image.Image) -> None:
+    """A small 0..1 colour bar in the bottom-right corner, when the image has room."""
+    width, height = canvas.size
+    if width < 96 or height < 48:
+        return
+    bar_w = max(48, min(width // 4, 256))
+    bar_h = max(6, min(height // 40, 16))
+    margin = max(4, bar_h // 2)
+    x0, y1 = width - bar_w - margin - 14, height - margin
+    y0 = y1 - bar_h
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([x0 - 16, y0 - 4, width - margin + 2, y1 + 4], fill=(0, 0, 0))
+    gradient = colorize(np.tile(np.linspace(0, 1, bar_w), (bar_h, 1)))
+    canvas.paste(Image.fromarray(gradient), (x0, y0))
+    draw.text((x0 - 12, y0 + (bar_h - 10) // 2), "0", fill=(255, 255, 255))
+    draw.text((x0 + bar_w + 4, y0 + (bar_h - 10) // 2), "1", fill=(255, 255, 255))
+
+
+def render_overlay(image: Image.Image, anomaly_map: np.ndarray) -> Image.Image:
+    """The heatmap (same size as ``image``) blended over the image, with a colour bar."""
+    heat = Image.fromarray(colorize(anomaly_map))
+    canvas = Image.blend(image.convert("RGB"), heat, OVERLAY_ALPHA)
+    _draw_legend(canvas)
+    return canvas
+
+
+def output_name(out_dir: Path, relative: str, suffix: str) -> Path:
+    """File under ``out_dir`` mirroring the input's relative path (extension kept, so
+    a.jpg and a.png never collide); '..' parts are neutralised."""
+    parts = [
+        p if p not in ("..", ".") else "__" for p in Path(relative).parts if p not in ("/", "")
+    ]
+    return out_dir.joinpath(*parts).with_name(parts[-1] + suffix)
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG under a temporary name, then rename: never a half-written file."""
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """Write a .npy under a temporary name, then rename."""
+    atomic_write(path, lambda f: np.save(f, array.astype(np.float32, copy=False)))
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def open_output(path: str | None, append: bool) -> IO[str]:
+    """The row stream: stdout for None or '-', else the file (appended on --resume)."""
+    import sys
+
+    if path in (None, "-"):
+        stream = sys.stdout
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=ENCODING_ERRORS)
+        return stream
+    return open(
+        os.fspath(path),
+        "a" if append else "w",
+        encoding="utf-8",
+        errors=ENCODING_ERRORS,
+        newline="",
+    )

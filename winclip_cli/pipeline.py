@@ -1,0 +1,474 @@
+"""One run: inputs -> batches -> predictions -> rows and images, with progress.
+
+``score``, ``segment`` and ``fewshot`` are configurations of ``run``: whether maps are
+made, and whether a reference bank is required.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from .data import ImageReadError, InputImage, batches, find_images, open_image
+from .outputs import (
+    Row,
+    RowWriter,
+    columns,
+    open_output,
+    output_name,
+    read_finished_rows,
+    render_overlay,
+    save_npy,
+    save_png,
+)
+from .prompts import PromptSet, clean_class_name, load_prompt_file
+from .report import Reporter
+
+DEFAULT_OUT_DIR = Path("winclip-out")
+# Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
+MAX_PENDING_IMAGES = 16
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ANOMALY = 1
+    USAGE = 2
+    UNREADABLE = 3
+    MODEL = 4
+    INTERNAL = 70
+    INTERRUPTED = 130
+    TERMINATED = 143
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: exit 2, nothing scored."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``code`` is the exit code (130 or 143)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class ModelOptions:
+    model: str = "ViT-B-16-plus-240"
+    pretrained: str | None = "laion400m_e31"
+    weights: Path | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    prompts: Path | None = None
+    temperature: float | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass
+class RunOptions:
+    inputs: list[Path] = field(default_factory=lambda: [Path(".")])
+    class_name: str = "object"
+    maps: bool = False  # segment / fewshot: an overlay per image
+    require_ref: bool = False  # fewshot
+    ref: Path | None = None  # folder of normal images, or a saved bank file
+    k: int = 4
+    seed: int | None = None
+    save_bank: Path | None = None
+    out_dir: Path = DEFAULT_OUT_DIR
+    save_maps: bool = False
+    batch_size: int = 8
+    workers: int | None = None
+    output: str | None = None
+    fmt: str = "csv"
+    threshold: float | None = None
+    fail_on_anomaly: bool = False
+    resume: bool = False
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+
+@dataclass
+class Plan:
+    """What was checked before the model is loaded."""
+
+    images: list[InputImage]
+    prompts: PromptSet
+    ref_images: list[InputImage]
+    bank: Any  # a ReferenceBank read from --ref FILE, or None
+    cols: list[str]
+    done: dict[str, dict[str, str]]  # --resume: path -> row already in the output file
+
+
+@contextmanager
+def interruptible() -> Iterator[threading.Event]:
+    """Turn SIGINT/SIGTERM into Interrupted, except inside a critical section.
+
+    Yields an Event: while it is set, a signal is remembered and raised when the
+    section ends (see ``critical``), so a row is never half written.
+    """
+    in_critical = threading.Event()
+    pending: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
+        if in_critical.is_set():
+            pending.append(code)
+        else:
+            raise Interrupted(code)
+
+    in_critical.pending = pending  # type: ignore[attr-defined]
+    if threading.current_thread() is not threading.main_thread():
+        yield in_critical
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield in_critical
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def critical(section: threading.Event) -> Iterator[None]:
+    section.set()
+    try:
+        yield
+    finally:
+        section.clear()
+        pending = section.pending  # type: ignore[attr-defined]
+        if pending:
+            raise Interrupted(pending[0])
+
+
+def default_workers() -> int:
+    """Decoding processes: enough to keep up with inference, leaving cores for torch."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+# ----- checks before the model is loaded -----------------------------------------------
+
+
+def _check_writable_file(path: Path) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a folder, not a file")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {out_dir}: {exc.strerror}") from exc
+    if not os.access(out_dir, os.W_OK):
+        raise UsageError(f"cannot write to output folder {out_dir}: permission denied")
+
+
+def _read_bank_file(path: Path) -> Any:
+    from .cache import BankFileError, load_bank
+
+    try:
+        return load_bank(path)
+    except BankFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Validate everything that can be validated without the model (exit 2 on failure)."""
+    try:
+        clean_class_name(opts.class_name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if opts.workers is not None and opts.workers < 0:
+        raise UsageError("--workers must be 0 or more")
+    if opts.fail_on_anomaly and opts.threshold is None:
+        raise UsageError("--fail-on-anomaly needs --threshold")
+    if opts.model.temperature is not None and opts.model.temperature <= 0:
+        raise UsageError("--temperature must be positive")
+    if opts.require_ref and opts.ref is None:
+        raise UsageError("fewshot needs --ref (a folder of normal images, or a bank file)")
+    if opts.ref is not None and opts.k < 1:
+        raise UsageError("--k must be at least 1 with --ref")
+    if opts.resume and opts.output in (None, "-"):
+        raise UsageError("--resume needs -o FILE (the file to continue)")
+    if opts.model.weights is not None and not opts.model.weights.is_file():
+        raise UsageError(f"weights file not found: {opts.model.weights}")
+    from .backbone import resolve_device, resolve_precision
+
+    try:
+        resolve_precision(opts.model.precision, resolve_device(opts.model.device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+    prompts = PromptSet()
+    if opts.model.prompts is not None:
+        from .prompts import PromptFileError
+
+        try:
+            prompts = load_prompt_file(opts.model.prompts)
+        except PromptFileError as exc:
+            raise UsageError(str(exc)) from exc
+
+    ref_images: list[InputImage] = []
+    bank = None
+    if opts.ref is not None:
+        if opts.ref.is_dir():
+            ref_images = find_images([opts.ref])
+            if len(ref_images) < opts.k:
+                raise UsageError(
+                    f"--ref {opts.ref} has {len(ref_images)} image(s), --k {opts.k} needs {opts.k}"
+                )
+            if opts.seed is not None:
+                random.Random(opts.seed).shuffle(ref_images)
+        elif opts.ref.is_file():
+            bank = _read_bank_file(opts.ref)
+        else:
+            raise UsageError(f"--ref {opts.ref}: no such folder or bank file")
+    if opts.save_bank is not None:
+        if bank is not None:
+            raise UsageError("--save-bank needs --ref to be a folder of images, not a bank")
+        if opts.ref is None:
+            raise UsageError("--save-bank needs --ref (the folder of normal images)")
+        _check_writable_file(opts.save_bank)
+
+    if opts.maps:
+        _check_out_dir(opts.out_dir)
+    exclude = [opts.ref if opts.ref is not None and opts.ref.is_dir() else None]
+    if opts.maps:
+        exclude.append(opts.out_dir)
+    try:
+        images = find_images(opts.inputs, exclude=exclude)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    if not images:
+        raise UsageError("no images found in " + ", ".join(str(p) for p in opts.inputs))
+
+    cols = columns(opts.maps, opts.maps and opts.save_maps, opts.threshold)
+    done: dict[str, dict[str, str]] = {}
+    if opts.output not in (None, "-"):
+        out = Path(opts.output)  # type: ignore[arg-type]
+        _check_writable_file(out)
+        if opts.resume and out.is_file():
+            try:
+                done = {r["path"]: r for r in read_finished_rows(out, opts.fmt, cols)}
+            except ValueError as exc:
+                raise UsageError(f"cannot resume: {exc}") from exc
+    return Plan(images, prompts, ref_images, bank, cols, done)
+
+
+# ----- the run -------------------------------------------------------------------------
+
+
+def _load_model(opts: RunOptions, prompts: PromptSet) -> Any:
+    from .model import WinClip
+
+    m = opts.model
+    return WinClip.load(
+        model=m.model,
+        pretrained=m.pretrained,
+        weights=m.weights,
+        device=m.device,
+        precision=m.precision,
+        cache_dir=m.cache_dir,
+        prompts=prompts,
+        temperature=m.temperature,
+    )
+
+
+def _build_bank(wc: Any, opts: RunOptions, plan_: Plan, reporter: Reporter) -> Any:
+    """The reference bank: from --ref FILE, or from the first K readable --ref images."""
+    import torch
+
+    from .model import BankMismatchError
+
+    if plan_.bank is not None:
+        try:
+            return wc.check_bank(plan_.bank)
+        except BankMismatchError as exc:
+            raise UsageError(f"--ref {opts.ref}: {exc}") from exc
+    tensors = []
+    for image in plan_.ref_images:
+        try:
+            tensors.append(wc.preprocess(open_image(image.path)))
+        except ImageReadError as exc:
+            reporter.warn(f"reference {image.display} skipped: {exc}")
+        if len(tensors) == opts.k:
+            break
+    if len(tensors) < opts.k:
+        raise UsageError(
+            f"--ref {opts.ref} has only {len(tensors)} readable image(s), --k {opts.k}"
+        )
+    bank = wc.reference_bank(torch.stack(tensors), batch_size=opts.batch_size)
+    if opts.save_bank is not None:
+        from .cache import save_bank
+
+        save_bank(bank, opts.save_bank)
+        reporter.info(f"reference bank saved to {opts.save_bank}")
+    return bank
+
+
+def _write_images(image: InputImage, grid_map: Any, opts: RunOptions) -> tuple[str, str]:
+    """Overlay (and raw map) at the input's displayed size; returns their paths."""
+    from .model import upsample
+
+    picture = open_image(image.path)
+    size = (picture.height, picture.width)
+    full = upsample(grid_map[None], size)[0].numpy()
+    overlay = output_name(opts.out_dir, image.relative, ".png")
+    save_png(render_overlay(picture, full), overlay)
+    saved = ""
+    if opts.save_maps:
+        map_path = output_name(opts.out_dir, image.relative, ".npy")
+        save_npy(full, map_path)
+        saved = str(map_path)
+    return str(overlay), saved
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    errors: int = 0
+    anomalous: int = 0
+
+    def add(self, status: str, score: Any, threshold: float | None) -> None:
+        if status == "ok":
+            self.ok += 1
+        else:
+            self.errors += 1
+        if threshold is not None and score not in (None, "") and float(score) >= threshold:
+            self.anomalous += 1
+
+    def exit_code(self, fail_on_anomaly: bool) -> ExitCode:
+        # An anomaly is what a gating job asks about, so it outranks unreadable files.
+        if fail_on_anomaly and self.anomalous:
+            return ExitCode.ANOMALY
+        return ExitCode.UNREADABLE if self.errors else ExitCode.OK
+
+
+def run(opts: RunOptions, reporter: Reporter) -> ExitCode:
+    """Score every input and write a row for each; returns the process exit code.
+
+    Raises UsageError (exit 2) and backbone.WeightsUnavailableError (exit 4).
+    """
+    plan_ = plan(opts)
+    tally = Tally()
+    for row in plan_.done.values():
+        tally.add(row.get("status", ""), row.get("score"), opts.threshold)
+    todo = [im for im in plan_.images if im.display not in plan_.done]
+    if plan_.done:
+        reporter.info(f"resuming: {len(plan_.done)} row(s) already written, {len(todo)} to go")
+
+    with interruptible() as section:
+        try:
+            wc = _load_model(opts, plan_.prompts)
+            text = wc.text_embeddings(opts.class_name)
+            bank = _build_bank(wc, opts, plan_, reporter) if opts.ref is not None else None
+            _score_all(wc, text, bank, todo, opts, plan_, tally, section, reporter)
+        except Interrupted as stop:
+            reporter.stop()
+            reporter.error(
+                f"interrupted: {tally.ok + tally.errors} row(s) written are complete"
+                + (
+                    f"; continue with --resume -o {opts.output}"
+                    if opts.output not in (None, "-")
+                    else ""
+                )
+            )
+            return ExitCode(stop.code)
+    return tally.exit_code(opts.fail_on_anomaly)
+
+
+def _score_all(
+    wc: Any,
+    text: Any,
+    bank: Any,
+    todo: list[InputImage],
+    opts: RunOptions,
+    plan_: Plan,
+    tally: Tally,
+    section: threading.Event,
+    reporter: Reporter,
+) -> None:
+    appending = opts.resume and bool(plan_.done)
+    stream = open_output(opts.output, append=appending)
+    writer = RowWriter(stream, opts.fmt, plan_.cols, opts.threshold, header=not appending)
+    pending: deque[tuple[Row, Future[tuple[str, str]] | None]] = deque()
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
+
+    def flush(block: bool) -> None:
+        """Write rows in input order as soon as their images are on disk."""
+        while pending:
+            row, job = pending[0]
+            if job is not None and not (block or job.done()):
+                return
+            if job is not None:
+                try:
+                    row.overlay, row.map = job.result()
+                except (ImageReadError, OSError) as exc:
+                    row.status, row.error = "error", f"overlay not written: {exc}"
+            with critical(section):
+                writer.write(row)
+                pending.popleft()
+            tally.add(row.status, row.score, opts.threshold)
+
+    workers = default_workers() if opts.workers is None else opts.workers
+    started = time.perf_counter()
+    processed = 0
+    reporter.start(len(todo), "scoring")
+    try:
+        for batch in batches(todo, wc.preprocessor, opts.batch_size, workers):
+            good = [d for d in batch if d.tensor is not None]
+            results: dict[int, tuple[float, Any]] = {}
+            if good:
+                import torch
+
+                prediction = wc.predict(
+                    torch.stack([d.tensor for d in good]), text=text, bank=bank, maps=opts.maps
+                )
+                for j, d in enumerate(good):
+                    grid = prediction.grid_maps[j] if prediction.grid_maps is not None else None
+                    results[d.index] = (float(prediction.image_scores[j]), grid)
+            for d in batch:
+                image = todo[d.index]
+                if d.error is not None:
+                    pending.append((Row(image.display, status="error", error=d.error), None))
+                    continue
+                score, grid = results[d.index]
+                row = Row(image.display, score=score)
+                job = None
+                if grid is not None:
+                    row.map_max = float(grid.max())
+                    job = pool.submit(_write_images, image, grid, opts)
+                pending.append((row, job))
+            flush(block=len(pending) > MAX_PENDING_IMAGES)
+            processed += len(batch)
+            reporter.advance(len(batch), processed, time.perf_counter() - started)
+        flush(block=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        reporter.stop()
+        if stream is not sys.stdout:
+            stream.close()
+    elapsed = time.perf_counter() - started
+    count = len(todo)
+    summary = f"{count} image(s) in {elapsed:.1f} s ({count / elapsed:.2f} img/s): {tally.ok} ok"
+    summary += f", {tally.errors} unreadable" if tally.errors else ""
+    if opts.threshold is not None:
+        summary += f", {tally.anomalous} at or above {opts.threshold:g}"
+    reporter.info(summary)

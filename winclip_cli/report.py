@@ -1,0 +1,67 @@
+"""Everything a run tells the user on stderr: progress, warnings, errors, the summary."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+class Reporter:
+    """stderr only; a live progress bar only on a terminal; ``quiet`` keeps just errors."""
+
+    def __init__(self, quiet: bool = False, stream: Any = None) -> None:
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
+        self._progress: Any = None
+        self._task: Any = None
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[yellow]warning:[/] {message}", markup=True)
+
+    def error(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"[red]error:[/] {escape(message)}", markup=True)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            from rich.markup import escape
+
+            self.console.print(escape(message), markup=True)
+
+    def start(self, total: int, description: str) -> None:
+        """Show a progress bar with images/s and ETA (terminals only, never with --quiet)."""
+        if self.quiet or not self.console.is_terminal:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, rate="")
+
+    def advance(self, count: int, done: int, elapsed: float) -> None:
+        if self._progress is not None:
+            rate = f"{done / elapsed:.2f} img/s" if elapsed > 0 else ""
+            self._progress.update(self._task, advance=count, rate=rate)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
