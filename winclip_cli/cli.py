@@ -53,23 +53,27 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run(options: Any, quiet: bool, verbose: bool) -> None:
-    """Run the pipeline and turn every outcome into the documented exit code."""
+def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
+    """Run ``action(reporter)`` and turn every outcome into the documented exit code."""
     from .backbone import WeightsUnavailableError
-    from .pipeline import ExitCode, UsageError, run
+    from .pipeline import ExitCode, UsageError
     from .report import Reporter
 
     reporter = Reporter(quiet=quiet)
+    from .evaluate import DatasetError
+    from .metrics import MissingDependencyError
+    from .prompts import PromptFileError
+
     try:
-        code = run(options, reporter)
-    except UsageError as exc:
+        code = action(reporter)
+    except (UsageError, DatasetError, PromptFileError, MissingDependencyError) as exc:
         reporter.error(str(exc))
         code = ExitCode.USAGE
     except WeightsUnavailableError as exc:
         reporter.error(str(exc))
         code = ExitCode.MODEL
     except KeyboardInterrupt:
-        reporter.error("interrupted before any row was written")
+        reporter.error("interrupted")
         code = ExitCode.INTERRUPTED
     except Exception as exc:
         if verbose:
@@ -80,6 +84,64 @@ def _run(options: Any, quiet: bool, verbose: bool) -> None:
         code = ExitCode.INTERNAL
     raise typer.Exit(int(code))
 
+
+# Options shared by several commands, declared once.
+ClassOpt = Annotated[
+    str, typer.Option("--class", "-c", help="Name of the part, used in the text prompts.")
+]
+ModelOpt = Annotated[
+    str, typer.Option(help="open_clip model name, or local-dir:PATH.", rich_help_panel=MODEL_PANEL)
+]
+PretrainedOpt = Annotated[
+    str,
+    typer.Option(
+        help="open_clip weights tag (downloaded once, then cached).", rich_help_panel=MODEL_PANEL
+    ),
+]
+WeightsOpt = Annotated[
+    Optional[Path],  # noqa: UP045 - Typer reads these annotations at run time
+    typer.Option(
+        help="Local checkpoint (.pt/.bin/.safetensors); nothing is downloaded.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=MODEL_PANEL)
+]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="fp32, fp16 (GPU) or bf16.", rich_help_panel=MODEL_PANEL)
+]
+BatchOpt = Annotated[
+    int, typer.Option(help="Images per forward pass.", rich_help_panel=MODEL_PANEL)
+]
+PromptsOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        help="JSON prompt file (normal / anomalous states, templates).",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+TemperatureOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        help="Softmax temperature (default: the model's own).",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+CacheOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        help="Text-embedding cache folder (or $WINCLIP_CACHE_DIR).",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show tracebacks of internal errors.")]
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_PRETRAINED = "laion400m_e31"
 
 HELP = {
     "score": "Anomaly score per image (zero-shot; WinCLIP+ with --ref).\n\n"
@@ -96,18 +158,18 @@ def _scoring_command(mode: str) -> Callable[..., None]:
 
     def command(
         paths: Annotated[
-            Optional[list[Path]],  # noqa: UP045 - Typer reads this annotation at run time
+            Optional[list[Path]],  # noqa: UP045
             typer.Argument(
-                help="Image files and folders (walked recursively). Default: .", show_default=False
+                help="Image files and folders (walked recursively). Default: .",
+                show_default=False,
             ),
         ] = None,
-        class_name: Annotated[
-            str, typer.Option("--class", "-c", help="Name of the part, used in the text prompts.")
-        ] = "object",
+        class_name: ClassOpt = "object",
         ref: Annotated[
             Optional[Path],  # noqa: UP045
             typer.Option(
-                help="Folder of known-good images, or a saved bank file.", rich_help_panel=REF_PANEL
+                help="Folder of known-good images, or a saved bank file.",
+                rich_help_panel=REF_PANEL,
             ),
         ] = None,
         k: Annotated[
@@ -128,11 +190,13 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             ),
         ] = None,
         out: Annotated[
-            Path, typer.Option(help="Folder for overlays (and maps).", rich_help_panel=OUTPUT_PANEL)
+            Path,
+            typer.Option(help="Folder for overlays (and maps).", rich_help_panel=OUTPUT_PANEL),
         ] = Path("winclip-out"),
         save_maps: Annotated[
             bool,
             typer.Option(
+                "--save-maps",
                 help="Also write the raw map per image (.npy, float32, image size).",
                 rich_help_panel=OUTPUT_PANEL,
             ),
@@ -152,12 +216,14 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         threshold: Annotated[
             Optional[float],  # noqa: UP045
             typer.Option(
-                help="Label rows 'anomalous' at or above this score.", rich_help_panel=OUTPUT_PANEL
+                help="Label rows 'anomalous' at or above this score.",
+                rich_help_panel=OUTPUT_PANEL,
             ),
         ] = None,
         fail_on_anomaly: Annotated[
             bool,
             typer.Option(
+                "--fail-on-anomaly",
                 help="Exit 1 when any image is at or above --threshold.",
                 rich_help_panel=OUTPUT_PANEL,
             ),
@@ -165,39 +231,17 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         resume: Annotated[
             bool,
             typer.Option(
+                "--resume",
                 help="Continue an interrupted run: keep the rows in -o FILE, score the rest.",
                 rich_help_panel=OUTPUT_PANEL,
             ),
         ] = False,
-        model: Annotated[
-            str,
-            typer.Option(
-                help="open_clip model name, or local-dir:PATH.", rich_help_panel=MODEL_PANEL
-            ),
-        ] = "ViT-B-16-plus-240",
-        pretrained: Annotated[
-            str,
-            typer.Option(
-                help="open_clip weights tag (downloaded once, then cached).",
-                rich_help_panel=MODEL_PANEL,
-            ),
-        ] = "laion400m_e31",
-        weights: Annotated[
-            Optional[Path],  # noqa: UP045
-            typer.Option(
-                help="Local checkpoint (.pt/.bin/.safetensors); nothing is downloaded.",
-                rich_help_panel=MODEL_PANEL,
-            ),
-        ] = None,
-        device: Annotated[
-            str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=MODEL_PANEL)
-        ] = "auto",
-        precision: Annotated[
-            str, typer.Option(help="fp32, fp16 (GPU) or bf16.", rich_help_panel=MODEL_PANEL)
-        ] = "fp32",
-        batch_size: Annotated[
-            int, typer.Option(help="Images per forward pass.", rich_help_panel=MODEL_PANEL)
-        ] = 8,
+        model: ModelOpt = DEFAULT_MODEL,
+        pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+        weights: WeightsOpt = None,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "fp32",
+        batch_size: BatchOpt = 8,
         workers: Annotated[
             Optional[int],  # noqa: UP045
             typer.Option(
@@ -206,36 +250,16 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 show_default=False,
             ),
         ] = None,
-        prompts: Annotated[
-            Optional[Path],  # noqa: UP045
-            typer.Option(
-                help="JSON prompt file (normal / anomalous states, templates).",
-                rich_help_panel=MODEL_PANEL,
-            ),
-        ] = None,
-        temperature: Annotated[
-            Optional[float],  # noqa: UP045
-            typer.Option(
-                help="Softmax temperature (default: the model's own).",
-                rich_help_panel=MODEL_PANEL,
-                show_default=False,
-            ),
-        ] = None,
-        cache_dir: Annotated[
-            Optional[Path],  # noqa: UP045
-            typer.Option(
-                help="Text-embedding cache folder (or $WINCLIP_CACHE_DIR).",
-                rich_help_panel=MODEL_PANEL,
-                show_default=False,
-            ),
-        ] = None,
-        quiet: Annotated[
-            bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")
-        ] = False,
-        verbose: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+        prompts: PromptsOpt = None,
+        temperature: TemperatureOpt = None,
+        cache_dir: CacheOpt = None,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
     ) -> None:
-        from .pipeline import ModelOptions, RunOptions
+        from .pipeline import ModelOptions, RunOptions, run
 
+        if fmt not in ("csv", "jsonl"):
+            raise _fail(f"--format {fmt!r}: use csv or jsonl", 2)
         options = RunOptions(
             inputs=list(paths) if paths else [Path(".")],
             class_name=class_name,
@@ -258,9 +282,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 model, pretrained, weights, device, precision, prompts, temperature, cache_dir
             ),
         )
-        if fmt not in ("csv", "jsonl"):
-            raise _fail(f"--format {fmt!r}: use csv or jsonl", 2)
-        _run(options, quiet, verbose)
+        _run(lambda reporter: run(options, reporter), quiet, verbose)
 
     if mode == "score":  # score makes no images: hide the image options from its help
         signature = inspect.signature(command)
@@ -272,6 +294,104 @@ def _scoring_command(mode: str) -> Callable[..., None]:
 
 for _mode in ("score", "segment", "fewshot"):
     app.command(_mode)(_scoring_command(_mode))
+
+
+@app.command("eval")
+def eval_command(
+    root: Annotated[Path, typer.Argument(help="Dataset folder (MVTec AD or VisA layout).")],
+    layout: Annotated[str, typer.Option(help="auto, mvtec or visa.")] = "auto",
+    category: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Category to evaluate (repeat for several). Default: all."),
+    ] = None,
+    k: Annotated[
+        Optional[list[int]],  # noqa: UP045
+        typer.Option("--k", help="Shots (repeat: --k 0 --k 1 --k 4). Default: 0."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Reference draws per k > 0 (mean and std).")] = 1,
+    class_name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--class", "-c", help="Prompt class for all categories (default: each name)."),
+    ] = None,
+    json_path: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--json", help="Write every figure to this JSON file."),
+    ] = None,
+    scores: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write per-image rows (category, k, seed, path, label, score) here."),
+    ] = None,
+    compare: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="'paper': print the published WinCLIP figures beside yours."),
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = 8,
+    prompts: PromptsOpt = None,
+    temperature: TemperatureOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Image and pixel metrics (AUROC, AP, F1-max, PRO) on a labelled dataset.
+
+    The table goes to stderr; --json and --scores keep every figure.
+    """
+    if compare not in (None, "paper"):
+        raise _fail(f"--compare {compare!r}: the only comparison is 'paper'", 2)
+
+    def action(reporter: Any) -> int:
+        from . import evaluate
+        from .backbone import resolve_device, resolve_precision
+        from .model import WinClip
+        from .pipeline import UsageError
+        from .prompts import load_prompt_file
+
+        shots = k or [0]
+        # Check the tree and the options before paying for the model.
+        try:
+            resolve_precision(precision, resolve_device(device))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        evaluate.discover(root, layout=layout, categories=category)
+        prompt_set = load_prompt_file(prompts) if prompts else None
+        wc = WinClip.load(
+            model=model,
+            pretrained=pretrained,
+            weights=weights,
+            device=device,
+            precision=precision,
+            cache_dir=cache_dir,
+            prompts=prompt_set,
+            temperature=temperature,
+        )
+
+        def progress(p: Any) -> None:
+            if p.done == p.total:
+                reporter.info(f"{p.category} k={p.k} seed={p.seed}: {p.total} images")
+
+        evaluate.run_evaluation(
+            wc,
+            root,
+            layout=layout,
+            categories=category,
+            shots=shots,
+            seeds=seeds,
+            class_name=class_name,
+            batch_size=batch_size,
+            scores_path=scores,
+            json_path=json_path,
+            compare=compare == "paper",
+            table_stream=None if quiet else sys.stderr,
+            progress=progress,
+        )
+        return 0
+
+    _run(action, quiet, verbose)
 
 
 @app.command()

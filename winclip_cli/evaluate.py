@@ -260,20 +260,29 @@ def discover(
 
 
 def load_image(path: Path) -> Image.Image:
-    """Decode an image fully (EXIF orientation applied) or raise DatasetError."""
+    """The test or reference image in RGB (data.open_image), or DatasetError: a skipped
+    image would silently change the metrics."""
+    from .data import ImageReadError, open_image
+
     try:
-        with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return open_image(path)
+    except ImageReadError as err:
         raise DatasetError(f"cannot read image {path}: {err}") from err
 
 
 def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool mask at ``size`` (nearest-neighbour resize, > 0); all False for None."""
+    """(H, W) bool mask at ``size`` (nearest-neighbour resize, > 0); all False for None.
+
+    Read without the RGB conversion of images: 16-bit 0/1 masks would round to zero.
+    """
     if path is None:
         return np.zeros(size, dtype=bool)
-    mask = load_image(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mask = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot read mask {path}: {' '.join(str(err).split())}") from err
     if mask.mode not in ("1", "L", "I", "I;16", "F"):
         mask = mask.convert("L")
     resized = mask.resize((size[1], size[0]), Image.Resampling.NEAREST)

@@ -1,0 +1,40 @@
+"""`winclip eval` through the command line: a generated MVTec-AD tree, the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tests.test_evaluate import make_mvtec
+from winclip_cli.cli import app
+
+runner = CliRunner()
+
+
+def test_eval_writes_json_scores_and_table(tmp_path, tiny, cache_dir):
+    root = make_mvtec(tmp_path / "mvtec")
+    out_json, scores = tmp_path / "r.json", tmp_path / "s.csv"
+    args = ["eval", str(root), "--model", tiny["local_dir"], "--k", "0", "--k", "1"]
+    args += ["--seeds", "2", "--json", str(out_json), "--scores", str(scores)]
+    result = runner.invoke(app, [*args, "--compare", "paper"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out_json.read_text())
+    assert set(figures["categories"]) == {"bottle", "metal_nut"}
+    assert set(figures["mean"]) == {"0", "1"}
+    assert 0.0 <= figures["mean"]["1"]["mean"]["pixel_pro"] <= 1.0
+    assert "metal_nut" in result.output and "paper" in result.output.lower()
+    rows = scores.read_text().splitlines()
+    assert rows[0] == "category,k,seed,path,label,score"
+    # 2 categories x 4 test images x (k=0 once + k=1 twice)
+    assert len(rows) - 1 == 2 * 4 * 3
+
+
+def test_eval_usage_errors_exit_2_before_the_model(tmp_path, tiny):
+    result = runner.invoke(app, ["eval", str(tmp_path / "missing"), "--model", "no-such-model"])
+    assert result.exit_code == 2
+    root = make_mvtec(tmp_path / "mvtec")
+    result = runner.invoke(app, ["eval", str(root), "--category", "nope", "--model", "x"])
+    assert result.exit_code == 2 and "nope" in result.output
+    result = runner.invoke(app, ["eval", str(root), "--compare", "blog"])
+    assert result.exit_code == 2
