@@ -35,6 +35,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "winclip"
 
 
+# mkstemp makes 0600 files; results should get the permissions any new file gets. Read
+# once at import, because reading the umask means setting it (not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +48,7 @@ def atomic_write(path: Path, write: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,67 @@
+"""Output helpers: atomic writes, names, colours, resume parsing."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from winclip_cli.cache import atomic_write
+from winclip_cli.outputs import COLORMAP, colorize, output_name, render_overlay
+
+
+def test_atomic_write_gives_normal_permissions_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "sub" / "x.png"
+    atomic_write(target, lambda f: f.write(b"data"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in target.parent.iterdir()] == ["x.png"]
+
+
+def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "x.png"
+    target.write_bytes(b"old")
+
+    def broken(handle):
+        handle.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_output_names_never_collide_and_stay_inside(tmp_path):
+    names = {
+        output_name(tmp_path, rel, ".png")
+        for rel in ["a/x.jpg", "b/x.jpg", "a/x.png", "x.jpg", "../x.jpg"]
+    }
+    assert len(names) == 5
+    assert all(tmp_path in n.parents for n in names)
+
+
+def test_colormap_is_perceptually_ordered():
+    # viridis: dark purple at 0, yellow at 1, lightness rising (up to uint8 rounding).
+    luma = COLORMAP @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(luma[::8]) > 0) and np.all(np.diff(luma) > -1)
+    # Anchor colours of matplotlib's viridis, within the polynomial fit's error.
+    anchors = {0: (68, 1, 84), 64: (59, 82, 139), 128: (33, 145, 140), 255: (253, 231, 37)}
+    for index, rgb in anchors.items():
+        assert np.abs(COLORMAP[index].astype(int) - rgb).max() <= 4
+    assert tuple(colorize(np.array([[0.0]]))[0, 0]) == tuple(COLORMAP[0])
+    assert COLORMAP[0, 2] > COLORMAP[0, 1] and COLORMAP[-1, 0] > COLORMAP[-1, 2]
+
+
+def test_overlay_keeps_size_and_shows_the_map():
+    image = Image.new("RGB", (300, 200), (128, 128, 128))
+    heat = np.zeros((200, 300))
+    heat[:, 150:] = 1.0
+    overlay = np.asarray(render_overlay(image, heat)).astype(int)
+    assert overlay.shape == (200, 300, 3)
+    left, right = overlay[50, 20], overlay[50, 200]
+    assert right[0] > left[0] and right[1] > left[1]  # yellow side vs purple side
