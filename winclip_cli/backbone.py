@@ -8,6 +8,7 @@ assigned straight from the checkpoint, memory-mapped where the format allows.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ class Backbone:
 
     clip: torch.nn.Module
     model_name: str
-    weights_id: str  # identity of the weights, for cache keys and bank compatibility
+    weights_id: str  # content fingerprint of the weights: cache keys, bank compatibility
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
@@ -213,10 +214,19 @@ def _local_dir_checkpoint(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _file_identity(path: Path) -> str:
-    """Cheap identity of a weights file: hashing 0.8 GB on every run would cost seconds."""
-    st = path.stat()
-    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+def weights_fingerprint(clip: torch.nn.Module) -> str:
+    """Content identity of loaded weights, independent of file name, format or location.
+
+    Hashes every tensor's name, shape and its first and last 64 values: any fine-tuning
+    changes those, while hashing all 0.8 GB would cost seconds and page in the text tower,
+    which a warm text cache never needs.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in clip.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        sample = torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy().tobytes()
+        digest.update(f"{name}:{tuple(tensor.shape)}:".encode() + sample)
+    return digest.hexdigest()[:24]
 
 
 def _build_on_meta(model: str) -> torch.nn.Module:
@@ -310,8 +320,5 @@ def load_backbone(
     default = visual.preprocess_cfg
     mean = tuple(tag_cfg.get("mean", default["mean"]))
     std = tuple(tag_cfg.get("std", default["std"]))
-    if weights or model.startswith(LOCAL_DIR):
-        weights_id = _file_identity(checkpoint)
-    else:
-        weights_id = f"tag:{pretrained}"
+    weights_id = weights_fingerprint(clip)
     return Backbone(clip, model, weights_id, mean, std, torch_device, dtype)  # type: ignore[arg-type]

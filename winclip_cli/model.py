@@ -122,6 +122,10 @@ class WinClip:
         self.input_size: tuple[int, int] = tuple(self.visual.image_size)  # type: ignore[assignment]
         self.grid_size: tuple[int, int] = tuple(self.visual.grid_size)  # type: ignore[assignment]
         self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.visual_width = int(self.visual.conv1.out_channels)
+        self.embed_dim = (
+            int(self.visual.proj.shape[1]) if self.visual.proj is not None else self.visual_width
+        )
         self.scales = tuple(sorted(set(scales)))
         self.windows = {k: window_indices(*self.grid_size, k).to(self.device) for k in self.scales}
         trained = 1.0 / float(backbone.clip.logit_scale.exp().item())
@@ -187,11 +191,11 @@ class WinClip:
             import open_clip
 
             self._tokenizer = open_clip.get_tokenizer(self.backbone.model_name)
+        # Always fp32, without autocast: the result is cached and shared by every precision.
         chunks = []
         for start in range(0, len(prompts), batch_size):
             tokens = self._tokenizer(prompts[start : start + batch_size]).to(self.device)
-            with self._autocast():
-                chunks.append(self.backbone.clip.encode_text(tokens).float())
+            chunks.append(self.backbone.clip.encode_text(tokens).float())
         return F.normalize(torch.cat(chunks), dim=-1)
 
     def text_embeddings(self, class_name: str = "object") -> torch.Tensor:
@@ -289,13 +293,27 @@ class WinClip:
         }
 
     def check_bank(self, bank: ReferenceBank) -> ReferenceBank:
-        """The bank on this model's device; BankMismatchError when it was built otherwise."""
+        """The bank on this model's device; BankMismatchError when it was built otherwise
+        or its tensors do not match what it claims (a damaged or hand-made file)."""
         mine = self.bank_meta(bank.num_images)
         for field in ("model", "weights", "input_size", "grid_size", "scales"):
             if bank.meta.get(field) != mine[field]:
                 raise BankMismatchError(
                     f"reference bank was built with {field}={bank.meta.get(field)!r}, "
                     f"but this model has {mine[field]!r}: rebuild it from the images"
+                )
+        k = bank.num_images
+        expected = {"patch tokens": (bank.patch_tokens, k * self.num_patches, self.visual_width)}
+        if set(bank.windows) != set(self.scales):
+            raise BankMismatchError("damaged reference bank: its window scales are missing")
+        for scale in self.scales:
+            rows = k * self.windows[scale].shape[0]
+            expected[f"{scale}x{scale} windows"] = (bank.windows[scale], rows, self.embed_dim)
+        for what, (tensor, rows, width) in expected.items():
+            if tuple(tensor.shape) != (rows, width) or not torch.isfinite(tensor).all():
+                raise BankMismatchError(
+                    f"damaged reference bank: {what} have shape {tuple(tensor.shape)}, "
+                    f"expected {(rows, width)} of finite values; rebuild it from the images"
                 )
         return bank.to(self.device)
 
@@ -311,8 +329,16 @@ class WinClip:
         Zero-shot when ``bank`` is None; WinCLIP+ otherwise. With ``maps=False`` and no
         bank, only the ordinary forward pass runs (no windows).
         """
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, *self.input_size):
+            raise ValueError(
+                f"predict expects (B, 3, {self.input_size[0]}, {self.input_size[1]}) "
+                f"preprocessed images (see preprocess), got {tuple(x.shape)}"
+            )
         if bank is not None:
             bank = self.check_bank(bank)
+        if x.shape[0] == 0:
+            empty = torch.zeros(0)
+            return Prediction(empty, torch.zeros(0, *self.grid_size) if maps else None)
         need_windows = maps or bank is not None
         feats = self.encode(x, windows=need_windows, patch_tokens=bank is not None)
         text = text.to(self.device)
