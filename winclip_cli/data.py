@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # Decoding stops above this many pixels (a header can claim any size: decompression bomb).
 MAX_PIXELS = 2**28  # 268 MP, e.g. 16384 x 16384
+# Formats whose mode "I" images are 16-bit unsigned (PGM; PNG in older Pillow versions).
+SIXTEEN_BIT_AS_I = frozenset({"PNG", "PPM"})
 
 
 class ImageReadError(Exception):
@@ -38,34 +41,43 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(root: Path, skip: set[tuple[int, int]]) -> Iterator[Path]:
-    """Image files under root, sorted, following symlinked folders but never in a loop."""
-    seen: set[tuple[int, int]] = set()
+def _walk(root: Path, skip: set[tuple[int, int]], seen: set[tuple[int, int]]) -> Iterator[Path]:
+    """Image files under root, sorted, following symlinked folders but never in a loop
+    and never into a folder already in ``seen`` (updated: share it between roots).
 
-    def visit(folder: Path) -> Iterator[Path]:
+    Depth-first with an explicit stack, so a deep tree can't exhaust Python's recursion.
+    """
+
+    def enter(folder: Path) -> Iterator[os.DirEntry[str]] | None:
         try:
             st = folder.stat()
         except OSError:
-            return
+            return None
         ident = (st.st_dev, st.st_ino)
         if ident in seen or ident in skip:
-            return
+            return None
         seen.add(ident)
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as listing:
+                return iter(sorted(listing, key=lambda e: e.name))
         except OSError:
-            return
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()  # follows symlinks; False for dangling ones
-            except OSError:
-                is_dir = False
-            if is_dir:
-                yield from visit(Path(entry.path))
-            elif _is_image_name(entry.name):
-                yield Path(entry.path)
+            return None
 
-    yield from visit(root)
+    stack = [entries] if (entries := enter(root)) is not None else []
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        try:
+            is_dir = entry.is_dir()  # follows symlinks; False for dangling ones
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if (entries := enter(Path(entry.path))) is not None:
+                stack.append(entries)
+        elif _is_image_name(entry.name):
+            yield Path(entry.path)
 
 
 def _folder_ids(folders: Iterable[Path | None]) -> set[tuple[int, int]]:
@@ -86,10 +98,11 @@ def find_images(inputs: Sequence[Path], exclude: Iterable[Path | None] = ()) -> 
     FileNotFoundError for an input that does not exist.
     """
     skip = _folder_ids(exclude)
+    seen: set[tuple[int, int]] = set()  # folders walked: through a second path, not again
     found: list[Path] = []
     for given in inputs:
         if given.is_dir():
-            found.extend(_walk(given, skip))
+            found.extend(_walk(given, skip, seen))
         elif given.exists() or given.is_symlink():
             found.append(given)
         else:
@@ -119,7 +132,15 @@ def open_image(path: Path) -> Image.Image:
     Raises ImageReadError with a one-line reason for anything that can't be decoded.
     """
     try:
+        kind = os.stat(path).st_mode  # follows symlinks
+        if stat.S_ISDIR(kind):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(kind):  # a FIFO would block the run forever, a device never end
+            raise ImageReadError("not a regular file (pipe, socket or device)")
         with warnings.catch_warnings():
+            # Damaged files make decoders warn ("Corrupt EXIF data", ...) on stderr, once
+            # per file and from worker processes: the row's status says it all.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
@@ -128,6 +149,8 @@ def open_image(path: Path) -> Image.Image:
                         f"(limit {MAX_PIXELS // 1_000_000} MP)"
                     )
                 img.load()
+                if img.mode == "I" and img.format in SIXTEEN_BIT_AS_I:
+                    img = img.convert("I;16")  # 16-bit unsigned: scale by 65535, even if dark
                 shown = ImageOps.exif_transpose(img)
                 return to_rgb(shown if shown is not None else img)
     except ImageReadError:
@@ -182,7 +205,10 @@ class ImageDataset(torch.utils.data.Dataset[Decoded]):
 def _ignore_interrupts(_worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; only the main process should react to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A SIGTERM to the group (systemd, CI cancel, `timeout`) too: the main process
+    # decides, then shuts the workers down itself; a worker killed mid-shutdown makes
+    # the DataLoader print a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 

@@ -47,11 +47,22 @@ def columns(with_maps: bool, saved_maps: bool, threshold: float | None) -> list[
     return [*cols, "status", "error"]
 
 
+SCORE_DECIMALS = 6
+
+
+def is_anomalous(score: float | str | None, threshold: float | None) -> bool:
+    """At or above the threshold, compared as printed (6 decimals), so that filtering the
+    output by ``score >= T`` agrees with the label and the exit code."""
+    if score in (None, "") or threshold is None:
+        return False
+    return round(float(score), SCORE_DECIMALS) >= threshold  # type: ignore[arg-type]
+
+
 def label(score: float | None, threshold: float | None) -> str:
     """``anomalous`` at or above the threshold, ``normal`` below, empty without a score."""
     if score is None or threshold is None:
         return ""
-    return "anomalous" if score >= threshold else "normal"
+    return "anomalous" if is_anomalous(score, threshold) else "normal"
 
 
 class RowWriter:
@@ -85,9 +96,9 @@ class RowWriter:
         """The row as a dict of this run's columns (numbers rounded to 6 decimals)."""
         values: dict[str, Any] = {
             "path": row.path,
-            "score": None if row.score is None else round(row.score, 6),
+            "score": None if row.score is None else round(row.score, SCORE_DECIMALS),
             "label": label(row.score, self.threshold),
-            "map_max": None if row.map_max is None else round(row.map_max, 6),
+            "map_max": None if row.map_max is None else round(row.map_max, SCORE_DECIMALS),
             "overlay": row.overlay,
             "map": row.map,
             "status": row.status,

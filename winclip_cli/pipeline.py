@@ -26,6 +26,7 @@ from .outputs import (
     Row,
     RowWriter,
     columns,
+    is_anomalous,
     open_output,
     output_name,
     read_finished_rows,
@@ -249,9 +250,8 @@ def plan(opts: RunOptions) -> Plan:
 
     if opts.maps:
         _check_out_dir(opts.out_dir)
-    exclude = [opts.ref if opts.ref is not None and opts.ref.is_dir() else None]
-    if opts.maps:
-        exclude.append(opts.out_dir)
+    # Never score our own overlays (even from an earlier segment run) or the references.
+    exclude = [opts.ref if opts.ref is not None and opts.ref.is_dir() else None, opts.out_dir]
     try:
         images = find_images(opts.inputs, exclude=exclude)
     except FileNotFoundError as exc:
@@ -351,7 +351,7 @@ class Tally:
             self.ok += 1
         else:
             self.errors += 1
-        if threshold is not None and score not in (None, "") and float(score) >= threshold:
+        if is_anomalous(score, threshold):
             self.anomalous += 1
 
     def exit_code(self, fail_on_anomaly: bool) -> ExitCode:
@@ -425,7 +425,7 @@ def _score_all(
             with critical(section):
                 writer.write(row)
                 pending.popleft()
-            tally.add(row.status, row.score, opts.threshold)
+                tally.add(row.status, row.score, opts.threshold)
 
     workers = default_workers() if opts.workers is None else opts.workers
     started = time.perf_counter()
