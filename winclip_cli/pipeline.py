@@ -361,10 +361,12 @@ class Tally:
         return ExitCode.UNREADABLE if self.errors else ExitCode.OK
 
 
-def run(opts: RunOptions, reporter: Reporter) -> ExitCode:
+def run(opts: RunOptions, reporter: Reporter, model: Any = None) -> ExitCode:
     """Score every input and write a row for each; returns the process exit code.
 
-    Raises UsageError (exit 2) and backbone.WeightsUnavailableError (exit 4).
+    ``model``: an already loaded WinClip to use instead of loading ``opts.model`` (for
+    benchmarks and long-lived callers). Raises UsageError (exit 2) and
+    backbone.WeightsUnavailableError (exit 4).
     """
     plan_ = plan(opts)
     tally = Tally()
@@ -376,7 +378,7 @@ def run(opts: RunOptions, reporter: Reporter) -> ExitCode:
 
     with interruptible() as section:
         try:
-            wc = _load_model(opts, plan_.prompts)
+            wc = model if model is not None else _load_model(opts, plan_.prompts)
             text = wc.text_embeddings(opts.class_name)
             bank = _build_bank(wc, opts, plan_, reporter) if opts.ref is not None else None
             _score_all(wc, text, bank, todo, opts, plan_, tally, section, reporter)
