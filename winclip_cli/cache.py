@@ -71,7 +71,9 @@ class TextEmbeddingCache:
         if not path.is_file():
             return None
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                entry = torch.load(path, map_location="cpu", weights_only=True)
             text = entry["text"]
             if entry["key"] != key or text.ndim != 2 or text.shape[0] != 2:
                 return None
@@ -134,7 +136,9 @@ def load_bank(path: str | os.PathLike[str]) -> ReferenceBank:
     """Read a bank file written by save_bank; raises BankFileError when it is not one."""
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles before failing
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise BankFileError(f"reference bank {path} not found") from exc
     except Exception as exc:

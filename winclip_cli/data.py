@@ -20,6 +20,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # Decoding stops above this many pixels (a header can claim any size: decompression bomb).
 MAX_PIXELS = 2**28  # 268 MP, e.g. 16384 x 16384
+# Pillow's own default (89 MP) would refuse real line-scan and 100+ MP camera images.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Formats whose mode "I" images are 16-bit unsigned (PGM; PNG in older Pillow versions).
 SIXTEEN_BIT_AS_I = frozenset({"PNG", "PPM"})
 

@@ -14,25 +14,42 @@ NEUTRAL_BACKGROUND = (128, 128, 128)
 
 def _wide_to_8bit(img: Image.Image) -> Image.Image:
     """Scale 16/32-bit integer or float greyscale to 8 bits without clipping."""
+    with np.errstate(all="ignore"):  # signalling NaNs in float files warn on any touch
+        return Image.fromarray(_scaled_to_8bit(img), mode="L")
+
+
+def _scaled_to_8bit(img: Image.Image) -> np.ndarray:
     values = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16") or (img.mode == "I" and values.max(initial=0) <= 65535):
-        high = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        scaled = values / high * 255.0
-    elif img.mode == "F" and values.min(initial=0) >= 0 and values.max(initial=0) <= 1:
+    finite = np.isfinite(values)
+    if not finite.all():  # float images may hold NaN or infinities: put them at the ends
+        real = values[finite]
+        low, high = (real.min(), real.max()) if real.size else (0.0, 0.0)
+        values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    low, high = values.min(initial=0), values.max(initial=0)  # low <= 0 <= high
+    if img.mode.startswith("I;16"):
+        scaled = values / 65535.0 * 255.0
+    elif img.mode == "I" and low >= 0 and high <= 65535:
+        scaled = values / (65535.0 if high > 255 else 255.0) * 255.0
+    elif img.mode == "F" and low >= 0 and high <= 1:
         scaled = values * 255.0
-    else:  # any other range: stretch what is there
-        low, high = values.min(initial=0), values.max(initial=0)
-        scaled = (values - low) / (high - low) * 255.0 if high > low else values * 0
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    else:  # any other range (negative values, 32-bit): stretch what is there
+        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB view of any PIL image: wide greyscale scaled, transparency on neutral grey."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         img = _wide_to_8bit(img)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if img.mode in ("P", "L", "1", "RGB") and "transparency" in img.info:
+        try:  # a palette entry or colour key marked transparent
+            img = img.convert("RGBA")
+        except (ValueError, TypeError):  # a malformed key: show the picture without it
+            img = img.copy()
+            img.info.pop("transparency", None)
+    if img.mode == "La":  # premultiplied; PIL converts it to nothing but LA
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

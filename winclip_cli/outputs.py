@@ -65,6 +65,19 @@ def label(score: float | None, threshold: float | None) -> str:
     return "anomalous" if is_anomalous(score, threshold) else "normal"
 
 
+def csv_line(values: Sequence[str]) -> str:
+    """One CSV record ending in a bare newline (friendly to line tools).
+
+    The csv module quotes only fields holding the line terminator's characters, so a
+    file name with a carriage return would be written bare and split by every reader;
+    such a record is written with every field quoted.
+    """
+    buffer = io.StringIO()
+    quoting = csv.QUOTE_ALL if any("\r" in v for v in values) else csv.QUOTE_MINIMAL
+    csv.writer(buffer, lineterminator="\n", quoting=quoting).writerow(values)
+    return buffer.getvalue()
+
+
 class RowWriter:
     """Writes rows as they come, each in one write followed by a flush, so an interrupted
     run leaves a valid file with every finished row."""
@@ -81,12 +94,7 @@ class RowWriter:
             raise ValueError(f"unknown format {fmt!r}: use csv or jsonl")
         self.stream, self.fmt, self.cols, self.threshold = stream, fmt, cols, threshold
         if header and fmt == "csv":
-            self._write(self._csv_line(cols))
-
-    def _csv_line(self, values: Sequence[str]) -> str:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
-        return buffer.getvalue()
+            self._write(csv_line(cols))
 
     def _write(self, text: str) -> None:
         self.stream.write(text)
@@ -114,7 +122,7 @@ class RowWriter:
         cells = [
             "" if v is None else f"{v:.6f}" if isinstance(v, float) else v for v in record.values()
         ]
-        self._write(self._csv_line(cells))
+        self._write(csv_line(cells))
 
 
 def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, str]]:
@@ -155,9 +163,8 @@ def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, 
 def _rewrite(path: Path, fmt: str, cols: list[str], rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     if fmt == "csv":
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(cols)
-        writer.writerows([["" if r[c] is None else r[c] for c in cols] for r in rows])
+        buffer.write(csv_line(cols))
+        buffer.writelines(csv_line(["" if r[c] is None else r[c] for c in cols]) for r in rows)
     else:
         buffer.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     data = buffer.getvalue().encode("utf-8", errors=ENCODING_ERRORS)

@@ -105,7 +105,8 @@ class Plan:
 
     images: list[InputImage]
     prompts: PromptSet
-    ref_images: list[InputImage]
+    ref_images: list[InputImage]  # the K references, all readable
+    ref_skipped: list[str]  # why unreadable references were passed over
     bank: Any  # a ReferenceBank read from --ref FILE, or None
     cols: list[str]
     done: dict[str, dict[str, str]]  # --resume: path -> row already in the output file
@@ -188,6 +189,21 @@ def _read_bank_file(path: Path) -> Any:
         raise UsageError(str(exc)) from exc
 
 
+def _first_readable(candidates: list[InputImage], k: int) -> tuple[list[InputImage], list[str]]:
+    """The first k decodable references (no model needed), and why others were skipped."""
+    chosen: list[InputImage] = []
+    skipped: list[str] = []
+    for image in candidates:
+        if len(chosen) == k:
+            break
+        try:
+            open_image(image.path)
+            chosen.append(image)
+        except ImageReadError as exc:
+            skipped.append(f"reference {image.display} skipped: {exc}")
+    return chosen, skipped
+
+
 def plan(opts: RunOptions) -> Plan:
     """Validate everything that can be validated without the model (exit 2 on failure)."""
     try:
@@ -227,6 +243,7 @@ def plan(opts: RunOptions) -> Plan:
             raise UsageError(str(exc)) from exc
 
     ref_images: list[InputImage] = []
+    skipped: list[str] = []
     bank = None
     if opts.ref is not None:
         if opts.ref.is_dir():
@@ -237,6 +254,12 @@ def plan(opts: RunOptions) -> Plan:
                 )
             if opts.seed is not None:
                 random.Random(opts.seed).shuffle(ref_images)
+            ref_images, skipped = _first_readable(ref_images, opts.k)
+            if len(ref_images) < opts.k:
+                raise UsageError(
+                    f"--ref {opts.ref} has only {len(ref_images)} readable image(s), "
+                    f"--k {opts.k} needs {opts.k}"
+                )
         elif opts.ref.is_file():
             bank = _read_bank_file(opts.ref)
         else:
@@ -269,7 +292,7 @@ def plan(opts: RunOptions) -> Plan:
                 done = {r["path"]: r for r in read_finished_rows(out, opts.fmt, cols)}
             except ValueError as exc:
                 raise UsageError(f"cannot resume: {exc}") from exc
-    return Plan(images, prompts, ref_images, bank, cols, done)
+    return Plan(images, prompts, ref_images, skipped, bank, cols, done)
 
 
 # ----- the run -------------------------------------------------------------------------
@@ -302,18 +325,12 @@ def _build_bank(wc: Any, opts: RunOptions, plan_: Plan, reporter: Reporter) -> A
             return wc.check_bank(plan_.bank)
         except BankMismatchError as exc:
             raise UsageError(f"--ref {opts.ref}: {exc}") from exc
-    tensors = []
-    for image in plan_.ref_images:
-        try:
-            tensors.append(wc.preprocess(open_image(image.path)))
-        except ImageReadError as exc:
-            reporter.warn(f"reference {image.display} skipped: {exc}")
-        if len(tensors) == opts.k:
-            break
-    if len(tensors) < opts.k:
-        raise UsageError(
-            f"--ref {opts.ref} has only {len(tensors)} readable image(s), --k {opts.k}"
-        )
+    for message in plan_.ref_skipped:
+        reporter.warn(message)
+    try:
+        tensors = [wc.preprocess(open_image(image.path)) for image in plan_.ref_images]
+    except ImageReadError as exc:  # readable a moment ago: changed under our feet
+        raise UsageError(f"--ref {opts.ref}: a reference became unreadable: {exc}") from exc
     bank = wc.reference_bank(torch.stack(tensors), batch_size=opts.batch_size)
     if opts.save_bank is not None:
         from .cache import save_bank

@@ -1,0 +1,346 @@
+"""Interrupted runs leave a valid file, and --resume completes it.
+
+Real processes get real signals: SIGINT (Ctrl-C) -> exit 130, SIGTERM -> exit 143, with
+every row in the file complete. ``--resume`` then scores only what is missing, and the
+result equals an uninterrupted run's. A row torn by a crash is repaired on resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.tiny_model import make_tiny_model
+from winclip_cli.outputs import Row, RowWriter, columns, read_finished_rows
+
+COLUMNS = ["path", "score", "map_max", "overlay", "status", "error"]
+COUNT = 120  # images: enough that a run is still going when the signal arrives
+WEIRD = 'zz, "quoted"\nname ü.png'  # last in sort order: a torn row would tear it
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-resume"))["local_dir"])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("resume") / "parts"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(COUNT):
+        pixels = rng.integers(0, 256, (36 + i % 7, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"part{i:03d}.png")
+    (folder / "000_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # an error row, early
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / WEIRD)
+    return folder
+
+
+def env_for(cache: Path) -> dict[str, str]:
+    return {**os.environ, "WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+
+
+# The tiny model scores hundreds of images a second: a loaded machine could finish the
+# run before the signal lands. This start-up makes each forward pass take as long as a
+# small real model's (and changes nothing else), so the run is still going.
+SLOW_START = (
+    "import time\n"
+    "import winclip_cli.model as m\n"
+    "predict = m.WinClip.predict\n"
+    "def slow(*args, **kwargs):\n"
+    "    time.sleep(0.02)\n"
+    "    return predict(*args, **kwargs)\n"
+    "m.WinClip.predict = slow\n"
+    "from winclip_cli.cli import app\n"
+    "app()\n"
+)
+
+
+def command(
+    dataset: Path, model: str, out: Path, rows: Path, fmt: str, slow: bool = False
+) -> list[str]:
+    start = ["-c", SLOW_START] if slow else ["-m", "winclip_cli"]
+    return [
+        sys.executable,
+        *start,
+        "segment",
+        str(dataset),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "-o",
+        str(rows),
+        "--format",
+        fmt,
+        "--batch-size",
+        "1",
+    ]
+
+
+def parse(path: Path, fmt: str) -> list[dict]:
+    """Rows of a finished file, each complete; fails on any torn or malformed row."""
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    assert text.endswith("\n"), "the file must end with a complete row"
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in text.split("\n")[:-1]]
+        assert all(set(r) == set(COLUMNS) for r in rows)
+        return rows
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    assert records[0] == COLUMNS
+    assert all(len(r) == len(COLUMNS) for r in records[1:]), "a torn CSV row"
+    return [dict(zip(COLUMNS, r, strict=True)) for r in records[1:]]
+
+
+def normalised(rows: list[dict], out: Path) -> set[tuple]:
+    """Rows comparable across formats and output folders."""
+    result = set()
+    for r in rows:
+        score = "" if r["score"] in (None, "") else f"{float(r['score']):.6f}"
+        map_max = "" if r["map_max"] in (None, "") else f"{float(r['map_max']):.6f}"
+        overlay = os.path.relpath(r["overlay"], out) if r["overlay"] else ""
+        result.add((r["path"], score, map_max, overlay, r["status"], r["error"]))
+    return result
+
+
+def count_rows(path: Path, fmt: str) -> int:
+    if not path.exists():
+        return 0
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    if fmt == "jsonl":
+        return text.count("\n")
+    return max(0, len(list(csv.reader(io.StringIO(text, newline="")))) - 1)
+
+
+@dataclass
+class Reference:
+    rows: set[tuple]  # normalised
+    parsed: list[dict[str, str]]  # as in the CSV file
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, model_dir, tmp_path_factory):
+    """An uninterrupted run: the rows a resumed run must end up with."""
+    work = tmp_path_factory.mktemp("reference")
+    out, rows = work / "out", work / "rows.csv"
+    proc = subprocess.run(
+        command(dataset, model_dir, out, rows, "csv"),
+        capture_output=True,
+        env=env_for(work / "cache"),
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr.decode()
+    parsed = parse(rows, "csv")
+    assert len(parsed) == COUNT + 2
+    return Reference(normalised(parsed, out), parsed, out)
+
+
+def interrupt(args: list[str], rows: Path, fmt: str, signum: int, cache: Path, after: int = 5):
+    """Start a run, wait until ``after`` rows are in the file, send ``signum``."""
+    log = rows.with_suffix(".stderr")
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=env_for(cache))
+        deadline = time.monotonic() + 240
+        try:
+            while count_rows(rows, fmt) < after:
+                assert proc.poll() is None, "the run ended before it could be interrupted"
+                assert time.monotonic() < deadline, "no rows appeared"
+                time.sleep(0.01)
+            proc.send_signal(signum)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return code, log.read_text(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "signum", "expected"),
+    [("csv", signal.SIGINT, 130), ("jsonl", signal.SIGTERM, 143)],
+    ids=["csv-SIGINT", "jsonl-SIGTERM"],
+)
+def test_interrupt_then_resume(dataset, model_dir, reference, tmp_path, fmt, signum, expected):
+    out, rows = tmp_path / "out", tmp_path / f"rows.{fmt}"
+    args = command(dataset, model_dir, out, rows, fmt)
+    slow_args = command(dataset, model_dir, out, rows, fmt, slow=True)
+    code, stderr = interrupt(slow_args, rows, fmt, signum, tmp_path / "cache")
+    assert code == expected, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stderr and "--resume" in stderr
+
+    # The interrupted file is valid: complete rows only, each ok row's overlay on disk.
+    partial = parse(rows, fmt)
+    assert 5 <= len(partial) < COUNT + 2
+    assert len({r["path"] for r in partial}) == len(partial)
+    for row in partial:
+        if row["status"] == "ok":
+            with Image.open(row["overlay"]) as overlay:
+                overlay.load()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], "half-written images"
+    assert normalised(partial, out) <= reference.rows
+
+    # --resume scores the rest: no duplicates, same rows as an uninterrupted run.
+    resumed = subprocess.run(
+        [*args, "--resume"], capture_output=True, env=env_for(tmp_path / "cache"), timeout=300
+    )
+    assert resumed.returncode == 3, resumed.stderr.decode()  # the broken file still counts
+    final = parse(rows, fmt)
+    paths = [r["path"] for r in final]
+    assert len(paths) == len(set(paths)) == COUNT + 2
+    assert final[: len(partial)] == partial, "rows already written must stay as they were"
+    assert normalised(final, out) == reference.rows
+
+
+# ----- a row torn by a crash ------------------------------------------------------------
+
+
+def written(fmt: str, rows: list[Row]) -> tuple[bytes, list[dict]]:
+    """The bytes a run writes for ``rows``, and each row as read back from a file."""
+    cols = columns(True, False, None)
+    buffer = io.StringIO()
+    writer = RowWriter(buffer, fmt, cols, None)
+    for row in rows:
+        writer.write(row)
+    data = buffer.getvalue().encode("utf-8")
+    if fmt == "jsonl":
+        records = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    else:
+        records = [
+            dict(zip(cols, r, strict=True))
+            for r in list(csv.reader(io.StringIO(buffer.getvalue(), newline="")))[1:]
+        ]
+    return data, records
+
+
+SAMPLE_ROWS = [
+    Row("/in/a.png", 0.5, map_max=0.625, overlay="/out/a.png.png"),
+    Row("/in/broken.png", status="error", error="damaged image: image file is truncated"),
+    Row(f"/in/{WEIRD}", 0.25, map_max=0.375, overlay=f"/out/{WEIRD}.png"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_every_cut_through_the_last_row_is_repaired(tmp_path, fmt):
+    """Cut the file at every byte of its last row: the finished rows are kept exactly,
+    the torn one dropped, and the file rewritten so that appending makes a valid file."""
+    cols = columns(True, False, None)
+    data, records = written(fmt, SAMPLE_ROWS)
+    last_row = data.rindex(b"\n", 0, data.rindex(b"/in/zz")) + 1
+    path = tmp_path / f"rows.{fmt}"
+    for cut in range(last_row, len(data) + 1):
+        path.write_bytes(data[:cut])
+        kept = read_finished_rows(path, fmt, cols)
+        # A last row whose fields are all there may be kept; anything less is dropped.
+        assert kept in (records[:2], records), cut
+        with open(path, "a", encoding="utf-8", newline="") as stream:
+            RowWriter(stream, fmt, cols, None, header=False).write(SAMPLE_ROWS[2])
+        repaired = parse(path, fmt)
+        assert [r["path"] for r in repaired][-1] == f"/in/{WEIRD}", cut
+        assert len(repaired) == len(kept) + 1, cut
+
+
+def invoke(args: list[str], cache: Path):
+    """The CLI in this process (no interpreter start-up): exit code and stderr."""
+    from typer.testing import CliRunner
+
+    from winclip_cli.cli import app
+
+    env = {"WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    result = CliRunner().invoke(app, [*args, "--workers", "0"], env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stderr
+
+
+def finished_file(reference: Reference, fmt: str, path: Path) -> None:
+    """The rows file an uninterrupted run writes, in ``fmt``."""
+    cols = columns(True, False, None)
+    with open(path, "w", encoding="utf-8", newline="") as stream:
+        writer = RowWriter(stream, fmt, cols, None)
+        for r in reference.parsed:
+            score = float(r["score"]) if r["score"] else None
+            map_max = float(r["map_max"]) if r["map_max"] else None
+            writer.write(Row(r["path"], score, r["status"], r["error"], map_max, r["overlay"]))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_resume_repairs_a_torn_last_row(dataset, model_dir, reference, tmp_path, fmt):
+    rows = tmp_path / f"rows.{fmt}"
+    finished_file(reference, fmt, rows)
+    assert normalised(parse(rows, fmt), reference.out) == reference.rows
+    data = rows.read_bytes()
+    last = data.rindex(b"zz, ")  # the weird name is the last row: cut inside its path
+    rows.write_bytes(data[: last + 12])
+    args = ["segment", str(dataset), "--model", model_dir, "--out", str(reference.out)]
+    code, stderr = invoke([*args, "-o", str(rows), "--format", fmt, "--resume"], tmp_path)
+    assert code == 3, stderr
+    final = parse(rows, fmt)
+    assert len(final) == len({r["path"] for r in final}) == COUNT + 2
+    assert normalised(final, reference.out) == reference.rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_resume_of_a_finished_run_changes_nothing(dataset, model_dir, reference, tmp_path, fmt):
+    rows = tmp_path / f"rows.{fmt}"
+    finished_file(reference, fmt, rows)
+    before = rows.read_bytes()
+    args = ["segment", str(dataset), "--model", model_dir, "--out", str(tmp_path / "out")]
+    code, stderr = invoke([*args, "-o", str(rows), "--format", fmt, "--resume"], tmp_path)
+    assert code == 3, stderr  # the broken file's error row still counts
+    assert rows.read_bytes() == before
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monkeypatch):
+    """Overlays are written under a temporary name and renamed: a write that fails half
+    way (disk full) leaves neither a partial PNG under the final name nor a temp file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"p{i}.png")
+    real_save = Image.Image.save
+    calls = []
+
+    def save_failing_third(self, fp, format=None, **params):
+        calls.append(fp)
+        if len(calls) == 3:
+            fp.write(b"\x89PNG\r\n\x1a\n half an image")
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", save_failing_third)
+    out, rows = tmp_path / "out", tmp_path / "rows.csv"
+    args = ["segment", str(folder), "--model", model_dir, "--out", str(out), "-o", str(rows)]
+    code, stderr = invoke(args, tmp_path / "cache")
+    monkeypatch.undo()
+    assert code == 3, stderr
+    parsed = parse(rows, "csv")
+    failed = [r for r in parsed if r["status"] == "error"]
+    assert len(failed) == 1 and "overlay not written" in failed[0]["error"]
+    assert "No space left" in failed[0]["error"]
+    lost = out / (Path(failed[0]["path"]).name + ".png")
+    assert not lost.exists(), "a half-written overlay under its final name"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"p{i}.png.png" for i in range(6) if f"p{i}.png" != Path(failed[0]["path"]).name
+    )
+    for r in parsed:
+        if r["status"] == "ok":
+            with Image.open(r["overlay"]) as overlay:
+                overlay.load()
