@@ -450,10 +450,13 @@ def test_file_vanishing_between_listing_and_reading(tmp_path):
     preprocess = Preprocessor((48, 48), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     item = ImageDataset(images, preprocess)[1]
     assert item.tensor is None and "not found" in item.error
-    decoded = [d for batch in batches(images, preprocess, batch_size=2, workers=0) for d in batch]
-    assert [d.index for d in decoded] == [0, 1, 2]
-    assert [d.error is None for d in decoded] == [True, False, True]
-    assert decoded[0].tensor.shape == (3, 48, 48) and torch.isfinite(decoded[2].tensor).all()
+    for workers in (0, 1):  # in process, and through a DataLoader worker
+        found = list(batches(images, preprocess, batch_size=2, workers=workers))
+        assert [b.indices for b in found] == [[0, 1], [2]]
+        assert [b.readable for b in found] == [[0], [2]]
+        assert set(found[0].errors) == {1} and "not found" in found[0].errors[1]
+        pixels = torch.cat([b.pixels for b in found])
+        assert pixels.shape == (2, 3, 48, 48) and torch.isfinite(pixels).all()
 
 
 # ----- fail early and clearly: exit 2, a message, no rows ------------------------------

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -214,8 +215,23 @@ def _ignore_interrupts(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _as_list(items: list[Decoded]) -> list[Decoded]:
-    return items
+class Batch(NamedTuple):
+    """Consecutive inputs: ``indices`` in input order; ``pixels`` (n, 3, H, W) holds the
+    readable ones, ``readable`` their indices; ``errors`` maps the others to a reason.
+    A NamedTuple, so the DataLoader can pin ``pixels`` for a fast copy to the GPU."""
+
+    indices: list[int]
+    pixels: torch.Tensor | None
+    readable: list[int]
+    errors: dict[int, str]
+
+
+def collate(items: list[Decoded]) -> Batch:
+    """Stack the readable inputs of a batch (in the worker, off the main thread)."""
+    good = [d for d in items if d.tensor is not None]
+    pixels = torch.stack([d.tensor for d in good]) if good else None  # type: ignore[misc]
+    errors = {d.index: d.error for d in items if d.error is not None}
+    return Batch([d.index for d in items], pixels, [d.index for d in good], errors)
 
 
 def batches(
@@ -223,21 +239,27 @@ def batches(
     preprocess: Callable[[Image.Image], torch.Tensor],
     batch_size: int,
     workers: int,
-) -> Iterator[list[Decoded]]:
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
     """Decoded inputs in input order, ``batch_size`` at a time, decoded by ``workers``
-    background processes (0: in this process) so decoding overlaps inference."""
+    background processes (0: in this process) so decoding overlaps inference.
+    ``pin_memory``: page-locked batches, for non-blocking copies to a CUDA device."""
     dataset = ImageDataset(images, preprocess)
     if workers > 0 and len(images) > batch_size:
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=workers,
-            collate_fn=_as_list,
+            collate_fn=collate,
             worker_init_fn=_ignore_interrupts,
             prefetch_factor=2,
+            pin_memory=pin_memory,
         )
         yield from loader
         return
     # A few images: starting worker processes would cost more than it saves.
     for start in range(0, len(dataset), batch_size):
-        yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        if pin_memory and batch.pixels is not None:
+            batch = batch._replace(pixels=batch.pixels.pin_memory())
+        yield batch

@@ -451,24 +451,21 @@ def _score_all(
     processed = 0
     reporter.start(len(todo), "scoring")
     try:
-        for batch in batches(todo, wc.preprocessor, opts.batch_size, workers):
-            good = [d for d in batch if d.tensor is not None]
+        pin = wc.device.type == "cuda"
+        for batch in batches(todo, wc.preprocessor, opts.batch_size, workers, pin):
             results: dict[int, tuple[float, Any]] = {}
-            if good:
-                import torch
-
-                prediction = wc.predict(
-                    torch.stack([d.tensor for d in good]), text=text, bank=bank, maps=opts.maps
-                )
-                for j, d in enumerate(good):
+            if batch.pixels is not None:
+                prediction = wc.predict(batch.pixels, text=text, bank=bank, maps=opts.maps)
+                for j, index in enumerate(batch.readable):
                     grid = prediction.grid_maps[j] if prediction.grid_maps is not None else None
-                    results[d.index] = (float(prediction.image_scores[j]), grid)
-            for d in batch:
-                image = todo[d.index]
-                if d.error is not None:
-                    pending.append((Row(image.display, status="error", error=d.error), None))
+                    results[index] = (float(prediction.image_scores[j]), grid)
+            for index in batch.indices:
+                image = todo[index]
+                if index in batch.errors:
+                    row = Row(image.display, status="error", error=batch.errors[index])
+                    pending.append((row, None))
                     continue
-                score, grid = results[d.index]
+                score, grid = results[index]
                 row = Row(image.display, score=score)
                 job = None
                 if grid is not None:
@@ -476,8 +473,8 @@ def _score_all(
                     job = pool.submit(_write_images, image, grid, opts)
                 pending.append((row, job))
             flush(block=len(pending) > MAX_PENDING_IMAGES)
-            processed += len(batch)
-            reporter.advance(len(batch), processed, time.perf_counter() - started)
+            processed += len(batch.indices)
+            reporter.advance(len(batch.indices), processed, time.perf_counter() - started)
         flush(block=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
