@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -199,11 +198,16 @@ def peak_rss_segment(weights: Path, count: int, cache: Path) -> float:
                str(weights), "--out", str(Path(tmp) / "out"), "-o", str(Path(tmp) / "rows.csv"),
                "--device", "cpu", "-q"]  # fmt: skip
         env = {**os.environ, "WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run(cmd, env=env, check=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest child so far (kB on Linux).
-    return max(after, before) / 1e6
+        # ru_maxrss of RUSAGE_CHILDREN is the largest child ever waited for, so the run
+        # gets a fresh parent of its own whose only child it is (kB on Linux).
+        measure = (
+            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", measure, *cmd], env=env, check=True, capture_output=True
+        )
+    return int(done.stdout.decode().split()[-1]) / 1e6
 
 
 def gpu_check(weights: Path, text_cpu) -> list[dict]:

@@ -17,49 +17,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import winclip_cli.model as model_module
+from tests.test_prompts import SPEC_ANOMALOUS, SPEC_NORMAL, SPEC_TEMPLATES  # copied from the spec
 from winclip_cli.model import WinClip, association, p_anomalous, upsample
 from winclip_cli.prompts import PromptSet
 from winclip_cli.windows import harmonic_aggregate, window_indices
 
 ATOL = 1e-5
-
-# The paper's prompt ensemble, copied from WINCLIP.md (not from the engine).
-SPEC_NORMAL_STATES = [
-    "{}",
-    "flawless {}",
-    "perfect {}",
-    "unblemished {}",
-    "{} without flaw",
-    "{} without defect",
-    "{} without damage",
-]
-SPEC_ANOMALOUS_STATES = ["damaged {}", "{} with flaw", "{} with defect", "{} with damage"]
-SPEC_TEMPLATES = [
-    "a cropped photo of the {}.",
-    "a cropped photo of a {}.",
-    "a close-up photo of a {}.",
-    "a close-up photo of the {}.",
-    "a bright photo of a {}.",
-    "a bright photo of the {}.",
-    "a dark photo of a {}.",
-    "a dark photo of the {}.",
-    "a jpeg corrupted photo of a {}.",
-    "a jpeg corrupted photo of the {}.",
-    "a blurry photo of the {}.",
-    "a blurry photo of a {}.",
-    "a photo of the {}.",
-    "a photo of a {}.",
-    "a photo of a small {}.",
-    "a photo of the small {}.",
-    "a photo of a large {}.",
-    "a photo of the large {}.",
-    "a photo of a {} for visual inspection.",
-    "a photo of the {} for visual inspection.",
-    "a photo of a {} for anomaly detection.",
-    "a photo of the {} for anomaly detection.",
-]
-
 
 # --------------------------------------------------------------------------------------
 # Slow references
@@ -406,10 +369,11 @@ def test_fast_transformer_path_matches_open_clip_forward(wc, cache_dir):
         assert_close(a.grid_maps, b.grid_maps)
 
 
-def test_window_chunking_does_not_change_results(wc, monkeypatch):
+def test_window_chunking_does_not_change_results(wc):
     x = random_images(3, seed=8)
+    assert wc.window_token_budget >= 3 * 16 * 10  # every 3x3 window of the batch in one chunk
     whole = wc.encode(x)
-    monkeypatch.setattr(model_module, "WINDOW_TOKEN_BUDGET", 7)  # one window per chunk
+    wc.window_token_budget = 7  # one window per chunk
     chunked = wc.encode(x)
     for k in (2, 3):
         assert_close(chunked.windows[k], whole.windows[k])
@@ -618,7 +582,7 @@ def test_text_embeddings_follow_the_paper_construction(wc, cache_dir):
     tokenizer = open_clip.get_tokenizer(wc.backbone.model_name)
     name = "metal nut"
     rows = []
-    for states in (SPEC_NORMAL_STATES, SPEC_ANOMALOUS_STATES):
+    for states in (SPEC_NORMAL, SPEC_ANOMALOUS):
         embs = []
         for state in states:
             for template in SPEC_TEMPLATES:

@@ -392,6 +392,8 @@ def run(opts: RunOptions, reporter: Reporter, model: Any = None) -> ExitCode:
     todo = [im for im in plan_.images if im.display not in plan_.done]
     if plan_.done:
         reporter.info(f"resuming: {len(plan_.done)} row(s) already written, {len(todo)} to go")
+        if not todo:  # nothing left: don't pay for the model
+            return tally.exit_code(opts.fail_on_anomaly)
 
     with interruptible() as section:
         try:
