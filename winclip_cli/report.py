@@ -19,7 +19,9 @@ class Reporter:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[yellow]warning:[/] {message}", markup=True)
+            from rich.markup import escape
+
+            self.console.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
 
     def error(self, message: str) -> None:
         from rich.markup import escape
