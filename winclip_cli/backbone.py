@@ -325,10 +325,10 @@ def load_backbone(
             f"model {model!r} has no class token (pool_type must be 'tok'): WinCLIP needs one"
         )
     _assign_weights(clip, _read_state_dict(checkpoint), str(checkpoint))
+    weights_id = weights_fingerprint(clip)  # on the CPU copy: no device round trips
     clip = clip.to(torch_device).eval().requires_grad_(False)
 
     default = visual.preprocess_cfg
     mean = tuple(tag_cfg.get("mean", default["mean"]))
     std = tuple(tag_cfg.get("std", default["std"]))
-    weights_id = weights_fingerprint(clip)
     return Backbone(clip, model, weights_id, mean, std, torch_device, dtype)  # type: ignore[arg-type]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -244,10 +243,6 @@ def save_png(image: Image.Image, path: Path) -> None:
 def save_npy(array: np.ndarray, path: Path) -> None:
     """Write a .npy under a temporary name, then rename."""
     atomic_write(path, lambda f: np.save(f, array.astype(np.float32, copy=False)))
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def open_output(path: str | None, append: bool) -> IO[str]:
