@@ -38,3 +38,22 @@ def test_eval_usage_errors_exit_2_before_the_model(tmp_path, tiny):
     assert result.exit_code == 2 and "nope" in result.output
     result = runner.invoke(app, ["eval", str(root), "--compare", "blog"])
     assert result.exit_code == 2
+
+
+def test_eval_bad_values_are_usage_errors_before_the_model(tmp_path):
+    root = make_mvtec(tmp_path / "mvtec")
+    model = ["--model", "local-dir:/nowhere"]  # never loaded: every case fails before
+    cases = [
+        ["--seeds", "0"],
+        ["--k", "-1"],
+        ["--batch-size", "0"],
+        ["--temperature", "0"],
+        ["--class", " "],
+        ["--json", str(tmp_path / "missing" / "r.json")],
+        ["--scores", str(tmp_path / "missing" / "s.csv")],
+        ["--weights", str(tmp_path / "missing.pt")],
+    ]
+    for extra in cases:
+        result = runner.invoke(app, ["eval", str(root), *model, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert "internal error" not in result.output

@@ -6,7 +6,9 @@ Heavy imports (torch, open_clip) happen inside the commands, so `--help` and
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
 import inspect
+import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -56,7 +58,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
     """Run ``action(reporter)`` and turn every outcome into the documented exit code."""
     from .backbone import WeightsUnavailableError
-    from .pipeline import ExitCode, UsageError
+    from .pipeline import ExitCode, Interrupted, UsageError
     from .report import Reporter
 
     reporter = Reporter(quiet=quiet)
@@ -64,8 +66,18 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
     from .metrics import MissingDependencyError
     from .prompts import PromptFileError
 
+    # Library warnings (a cache that can't be written, torch's advice) are messages like
+    # ours: through the reporter, one line, silenced by --quiet.
+    warnings.showwarning = lambda message, *_args, **_kw: reporter.warn(str(message))
     try:
         code = action(reporter)
+    except Interrupted as stop:
+        code = stop.code
+    except BrokenPipeError:
+        # The reader went away (`winclip score ... | head`): stop quietly, like other
+        # Unix tools killed by SIGPIPE; the remaining output has nowhere to go.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = ExitCode.BROKEN_PIPE
     except (UsageError, DatasetError, PromptFileError, MissingDependencyError) as exc:
         reporter.error(str(exc))
         code = ExitCode.USAGE
@@ -346,19 +358,31 @@ def eval_command(
 
     def action(reporter: Any) -> int:
         from . import evaluate
-        from .backbone import resolve_device, resolve_precision
         from .model import WinClip
-        from .pipeline import UsageError
-        from .prompts import load_prompt_file
+        from .pipeline import (
+            ModelOptions,
+            UsageError,
+            check_class_name,
+            check_model_options,
+            check_writable_file,
+        )
 
         shots = k or [0]
         # Check the tree and the options before paying for the model.
-        try:
-            resolve_precision(precision, resolve_device(device))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+        if seeds < 1 or any(shot < 0 for shot in shots):
+            raise UsageError("--seeds must be at least 1 and every --k at least 0")
+        if batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if class_name is not None:
+            check_class_name(class_name)
+        for path in (json_path, scores):
+            if path is not None:
+                check_writable_file(path)
+        options = ModelOptions(
+            model, pretrained, weights, device, precision, prompts, temperature, cache_dir
+        )
+        prompt_set = check_model_options(options)
         evaluate.discover(root, layout=layout, categories=category)
-        prompt_set = load_prompt_file(prompts) if prompts else None
         wc = WinClip.load(
             model=model,
             pretrained=pretrained,
@@ -396,8 +420,8 @@ def eval_command(
 
 @app.command()
 def download(
-    model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-B-16-plus-240",
-    pretrained: Annotated[str, typer.Option(help="open_clip weights tag.")] = "laion400m_e31",
+    model: Annotated[str, typer.Option(help="open_clip model name.")] = DEFAULT_MODEL,
+    pretrained: Annotated[str, typer.Option(help="open_clip weights tag.")] = DEFAULT_PRETRAINED,
 ) -> None:
     """Fetch weights into the local cache, for later offline runs."""
     from .backbone import WeightsUnavailableError, fetch_pretrained

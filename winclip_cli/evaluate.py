@@ -21,7 +21,10 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .cache import atomic_write
+from .data import IMAGE_EXTENSIONS
 from .metrics import DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
+from .outputs import ENCODING_ERRORS
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +32,6 @@ if TYPE_CHECKING:
     from .model import WinClip
 
 LAYOUTS = ("mvtec", "visa")
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 VISA_CSV = Path("split_csv") / "1cls.csv"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 SCORES_HEADER = ("category", "k", "seed", "path", "label", "score")
@@ -550,7 +552,7 @@ def _scores_writer(path: str | os.PathLike[str] | None) -> Iterator[_FlushingWri
     if path is None:
         yield None
         return
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with open(path, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS) as fh:
         writer = _FlushingWriter(csv.writer(fh), fh)
         writer.writerow(SCORES_HEADER)
         yield writer
@@ -569,9 +571,8 @@ class _FlushingWriter:
 
 def _write_json(path: Path, results: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: never a half-written file under ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8", errors=ENCODING_ERRORS)))
 
 
 # ----- text outputs -------------------------------------------------------------------

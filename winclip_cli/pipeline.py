@@ -21,6 +21,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .data import ImageReadError, InputImage, batches, find_images, open_image
 from .outputs import (
     Row,
@@ -50,6 +51,7 @@ class ExitCode(IntEnum):
     MODEL = 4
     INTERNAL = 70
     INTERRUPTED = 130
+    BROKEN_PIPE = 141
     TERMINATED = 143
 
 
@@ -57,8 +59,11 @@ class UsageError(Exception):
     """A mistake in the command line or its inputs: exit 2, nothing scored."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; ``code`` is the exit code (130 or 143)."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; ``code`` is the exit code (130 or 143).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way
+    (a decoder guard, a cache read) can swallow it and carry on."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -67,8 +72,8 @@ class Interrupted(Exception):
 
 @dataclass
 class ModelOptions:
-    model: str = "ViT-B-16-plus-240"
-    pretrained: str | None = "laion400m_e31"
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
     weights: Path | None = None
     device: str = "auto"
     precision: str = "fp32"
@@ -133,7 +138,9 @@ def interruptible() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():
         yield in_critical
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A signal ignored by our parent (a background job of a script) stays ignored.
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    previous = {s: signal.signal(s, handler) for s in handled}
     try:
         yield in_critical
     finally:
@@ -161,7 +168,7 @@ def default_workers() -> int:
 # ----- checks before the model is loaded -----------------------------------------------
 
 
-def _check_writable_file(path: Path) -> None:
+def check_writable_file(path: Path) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UsageError(f"output {path} is a folder, not a file")
@@ -172,11 +179,14 @@ def _check_writable_file(path: Path) -> None:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create output folder {out_dir}: {exc.strerror}") from exc
-    if not os.access(out_dir, os.W_OK):
+    """The folder exists and is writable, or can be created: checked, not created, so a
+    run that stops early leaves no empty folder behind."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create output folder {out_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
         raise UsageError(f"cannot write to output folder {out_dir}: permission denied")
 
 
@@ -204,43 +214,50 @@ def _first_readable(candidates: list[InputImage], k: int) -> tuple[list[InputIma
     return chosen, skipped
 
 
-def plan(opts: RunOptions) -> Plan:
-    """Validate everything that can be validated without the model (exit 2 on failure)."""
+def check_class_name(class_name: str) -> None:
     try:
-        clean_class_name(opts.class_name)
+        clean_class_name(class_name)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def check_model_options(model: ModelOptions) -> PromptSet:
+    """Model options that can be checked without loading it; returns the prompt set."""
+    from .backbone import resolve_device, resolve_precision
+    from .prompts import PromptFileError
+
+    if model.temperature is not None and model.temperature <= 0:
+        raise UsageError("--temperature must be positive")
+    if model.weights is not None and not model.weights.is_file():
+        raise UsageError(f"weights file not found: {model.weights}")
+    try:
+        resolve_precision(model.precision, resolve_device(model.device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if model.prompts is None:
+        return PromptSet()
+    try:
+        return load_prompt_file(model.prompts)
+    except PromptFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Validate everything that can be validated without the model (exit 2 on failure)."""
+    check_class_name(opts.class_name)
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if opts.workers is not None and opts.workers < 0:
         raise UsageError("--workers must be 0 or more")
     if opts.fail_on_anomaly and opts.threshold is None:
         raise UsageError("--fail-on-anomaly needs --threshold")
-    if opts.model.temperature is not None and opts.model.temperature <= 0:
-        raise UsageError("--temperature must be positive")
     if opts.require_ref and opts.ref is None:
         raise UsageError("fewshot needs --ref (a folder of normal images, or a bank file)")
     if opts.ref is not None and opts.k < 1:
         raise UsageError("--k must be at least 1 with --ref")
     if opts.resume and opts.output in (None, "-"):
         raise UsageError("--resume needs -o FILE (the file to continue)")
-    if opts.model.weights is not None and not opts.model.weights.is_file():
-        raise UsageError(f"weights file not found: {opts.model.weights}")
-    from .backbone import resolve_device, resolve_precision
-
-    try:
-        resolve_precision(opts.model.precision, resolve_device(opts.model.device))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-
-    prompts = PromptSet()
-    if opts.model.prompts is not None:
-        from .prompts import PromptFileError
-
-        try:
-            prompts = load_prompt_file(opts.model.prompts)
-        except PromptFileError as exc:
-            raise UsageError(str(exc)) from exc
+    prompts = check_model_options(opts.model)
 
     ref_images: list[InputImage] = []
     skipped: list[str] = []
@@ -269,7 +286,7 @@ def plan(opts: RunOptions) -> Plan:
             raise UsageError("--save-bank needs --ref to be a folder of images, not a bank")
         if opts.ref is None:
             raise UsageError("--save-bank needs --ref (the folder of normal images)")
-        _check_writable_file(opts.save_bank)
+        check_writable_file(opts.save_bank)
 
     if opts.maps:
         _check_out_dir(opts.out_dir)
@@ -286,7 +303,7 @@ def plan(opts: RunOptions) -> Plan:
     done: dict[str, dict[str, str]] = {}
     if opts.output not in (None, "-"):
         out = Path(opts.output)  # type: ignore[arg-type]
-        _check_writable_file(out)
+        check_writable_file(out)
         if opts.resume and out.is_file():
             try:
                 done = {r["path"]: r for r in read_finished_rows(out, opts.fmt, cols)}
@@ -431,6 +448,8 @@ def _score_all(
     writer = RowWriter(stream, opts.fmt, plan_.cols, opts.threshold, header=not appending)
     pending: deque[tuple[Row, Future[tuple[str, str]] | None]] = deque()
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
+    if opts.maps:
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
 
     def flush(block: bool) -> None:
         """Write rows in input order as soon as their images are on disk."""
@@ -442,7 +461,9 @@ def _score_all(
                 try:
                     row.overlay, row.map = job.result()
                 except (ImageReadError, OSError) as exc:
+                    # An error row has no score: this one could not be delivered whole.
                     row.status, row.error = "error", f"overlay not written: {exc}"
+                    row.score = row.map_max = None
             with critical(section):
                 writer.write(row)
                 pending.popleft()
@@ -486,7 +507,7 @@ def _score_all(
     elapsed = time.perf_counter() - started
     count = len(todo)
     summary = f"{count} image(s) in {elapsed:.1f} s ({count / elapsed:.2f} img/s): {tally.ok} ok"
-    summary += f", {tally.errors} unreadable" if tally.errors else ""
+    summary += f", {tally.errors} error(s)" if tally.errors else ""
     if opts.threshold is not None:
         summary += f", {tally.anomalous} at or above {opts.threshold:g}"
     reporter.info(summary)
