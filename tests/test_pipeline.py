@@ -159,3 +159,12 @@ def test_overlay_that_cannot_be_written_makes_a_scoreless_error_row(tmp_path, ti
     assert result.exit_code == 3
     row = rows.read_text().splitlines()[1].split(",")
     assert row[1] == "" and row[-2] == "error" and "overlay not written" in row[-1]
+
+
+def test_cli_defaults_are_the_engines():
+    from winclip_cli import backbone, cli
+
+    assert (cli.DEFAULT_MODEL, cli.DEFAULT_PRETRAINED) == (
+        backbone.DEFAULT_MODEL,
+        backbone.DEFAULT_PRETRAINED,
+    )

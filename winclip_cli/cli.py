@@ -152,6 +152,8 @@ CacheOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show tracebacks of internal errors.")]
 
+# The same values as backbone.DEFAULT_MODEL / DEFAULT_PRETRAINED, spelled here because
+# importing backbone loads torch, and `--help` must answer at once (a test keeps them equal).
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e31"
 

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from .cache import atomic_write
 from .data import IMAGE_EXTENSIONS
 from .metrics import DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
-from .outputs import ENCODING_ERRORS
+from .outputs import ENCODING_ERRORS, csv_line
 
 if TYPE_CHECKING:
     import torch
@@ -547,25 +547,25 @@ def _model_info(wc: WinClip) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _scores_writer(path: str | os.PathLike[str] | None) -> Iterator[_FlushingWriter | None]:
+def _scores_writer(path: str | os.PathLike[str] | None) -> Iterator[_ScoresWriter | None]:
     """A row writer on the scores CSV (header written), or None without a path."""
     if path is None:
         yield None
         return
     with open(path, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS) as fh:
-        writer = _FlushingWriter(csv.writer(fh), fh)
+        writer = _ScoresWriter(fh)
         writer.writerow(SCORES_HEADER)
         yield writer
 
 
 @dataclass
-class _FlushingWriter:
-    # Rows are flushed as they come: an interrupted run leaves every finished row.
-    writer: Any
+class _ScoresWriter:
+    # The same record format as the scoring commands' rows (outputs.csv_line), flushed as
+    # they come: an interrupted run leaves every finished row.
     fh: IO[str]
 
     def writerow(self, row: Sequence[Any]) -> None:
-        self.writer.writerow(row)
+        self.fh.write(csv_line([str(v) for v in row]))
         self.fh.flush()
 
 
