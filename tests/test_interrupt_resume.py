@@ -206,6 +206,37 @@ def test_interrupt_then_resume(dataset, model_dir, reference, tmp_path, fmt, sig
     assert normalised(final, out) == reference.rows
 
 
+# A DataLoader worker hands each batch's shared memory to the main process through a
+# socket handshake (multiprocessing's resource sharer). Ctrl-C can stop the main process
+# in the middle of it; the worker must not then print a traceback. This cuts the
+# handshake on purpose, in a process set up as a worker and in a plain one (the control).
+CUT_HANDSHAKE = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+from winclip_cli.data import _init_worker
+if sys.argv[1] == "worker":
+    _init_worker(0)
+read_end, _ = os.pipe()
+resource_sharer.DupFd(read_end)  # starts the sharer's listening thread
+peer = socket.socket(socket.AF_UNIX)
+peer.connect(resource_sharer._resource_sharer._address)
+peer.close()  # as an interrupted main process does
+time.sleep(0.5)  # the listener fails now
+"""
+
+
+@pytest.mark.parametrize("kind", ["worker", "plain"])
+def test_a_cut_batch_handover_prints_nothing_in_a_worker(kind):
+    proc = subprocess.run(
+        [sys.executable, "-c", CUT_HANDSHAKE, kind], capture_output=True, timeout=60, check=True
+    )
+    stderr = proc.stderr.decode()
+    if kind == "worker":
+        assert stderr == ""
+    else:  # the control: without the worker set-up, the same cut prints a traceback
+        assert "Traceback" in stderr and "Error" in stderr
+
+
 # ----- a row torn by a crash ------------------------------------------------------------
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import NamedTuple
 
 import torch
@@ -205,7 +207,21 @@ class ImageDataset(torch.utils.data.Dataset[Decoded]):
             return Decoded(index, None, str(exc))
 
 
-def _ignore_interrupts(_worker_id: int) -> None:
+def _quiet_handover_errors(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    """A worker's sys.excepthook, which only multiprocessing's resource sharer calls.
+
+    A batch's shared memory reaches the main process through a short socket handshake
+    with the worker. Ctrl-C can stop the main process mid-handshake; the worker then sees
+    the connection drop and would print a traceback under the one-line interrupt message.
+    """
+    if not issubclass(kind, (ConnectionError, EOFError)):
+        sys.__excepthook__(kind, value, tb)
+
+
+def _init_worker(_worker_id: int) -> None:
+    sys.excepthook = _quiet_handover_errors
     # Ctrl-C reaches the whole process group; only the main process should react to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A SIGTERM to the group (systemd, CI cancel, `timeout`) too: the main process
@@ -251,7 +267,7 @@ def batches(
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate,
-            worker_init_fn=_ignore_interrupts,
+            worker_init_fn=_init_worker,
             prefetch_factor=2,
             pin_memory=pin_memory,
         )
