@@ -16,6 +16,8 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,6 +440,26 @@ def test_walk_survives_a_very_deep_tree(tmp_path):
         for folder in reversed(folders):
             if folder.is_dir():
                 folder.rmdir()
+
+
+def test_decoding_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+    """Overlay writers decode in threads. Each decode silences decoder warnings for its
+    own duration only: afterwards the process's warning filters are exactly as before
+    (unguarded, one thread restores another's "ignore everything" and it stays)."""
+    path = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(path)
+    before = list(warnings.filters)
+
+    def decode_many() -> None:
+        for _ in range(200):
+            open_image(path)
+
+    threads = [threading.Thread(target=decode_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
 
 
 def test_file_vanishing_between_listing_and_reading(tmp_path):

@@ -6,6 +6,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ MAX_PIXELS = 2**28  # 268 MP, e.g. 16384 x 16384
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Formats whose mode "I" images are 16-bit unsigned (PGM; PNG in older Pillow versions).
 SIXTEEN_BIT_AS_I = frozenset({"PNG", "PPM"})
+
+
+# catch_warnings swaps the process-wide filter list: threads decoding at once (the overlay
+# writers) must take turns, or one restores another's "ignore" and it stays for good.
+_QUIET_DECODING = threading.Lock()
 
 
 class ImageReadError(Exception):
@@ -142,7 +148,7 @@ def open_image(path: Path) -> Image.Image:
             raise IsADirectoryError(path)
         if not stat.S_ISREG(kind):  # a FIFO would block the run forever, a device never end
             raise ImageReadError("not a regular file (pipe, socket or device)")
-        with warnings.catch_warnings():
+        with _QUIET_DECODING, warnings.catch_warnings():
             # Damaged files make decoders warn ("Corrupt EXIF data", ...) on stderr, once
             # per file and from worker processes: the row's status says it all.
             warnings.simplefilter("ignore")
