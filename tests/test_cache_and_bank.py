@@ -360,8 +360,19 @@ def test_bank_with_other_scales_is_refused(wc, bank, tmp_path, cache_dir):
 def test_bank_from_another_architecture_is_refused(wc, bank, tmp_path, cache_dir):
     meta = dict(bank.meta, model="ViT-B-16-plus-240", input_size=[240, 240])
     foreign = ReferenceBank(bank.patch_tokens, bank.windows, meta)
-    with pytest.raises(BankMismatchError, match="model"):
+    with pytest.raises(BankMismatchError, match="input_size"):
         wc.predict(images(1, seed=45), text=wc.text_embeddings("screw"), bank=foreign)
+
+
+def test_bank_is_accepted_whatever_the_model_was_called(wc, bank):
+    """`local-dir:x` and `local-dir:./x/`, or a copy of the folder: the same weights are
+    the same model, and give the same scores."""
+    renamed = ReferenceBank(bank.patch_tokens, bank.windows, dict(bank.meta, model="local-dir:y"))
+    text = wc.text_embeddings("screw")
+    x = images(2, seed=47)
+    expected = wc.predict(x, text=text, bank=bank)
+    got = wc.predict(x, text=text, bank=renamed)
+    assert torch.equal(got.image_scores, expected.image_scores)
 
 
 @pytest.mark.parametrize("damage", ["missing_scale", "narrow_patches", "narrow_windows", "nan"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -133,8 +134,8 @@ class WinClip:
         self.windows = {k: window_indices(*self.grid_size, k).to(self.device) for k in self.scales}
         trained = 1.0 / float(backbone.clip.logit_scale.exp().item())
         self.temperature = float(temperature) if temperature is not None else trained
-        if self.temperature <= 0:
-            raise ValueError("the temperature must be positive")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError("the temperature must be a positive number")
         self.text_cache = TextEmbeddingCache(cache_dir)
         self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         blocks = self.visual.transformer.resblocks
@@ -299,7 +300,15 @@ class WinClip:
         """The bank on this model's device; BankMismatchError when it was built otherwise
         or its tensors do not match what it claims (a damaged or hand-made file)."""
         mine = self.bank_meta(bank.num_images)
-        for field in ("model", "weights", "input_size", "grid_size", "scales"):
+        # The model's name is not compared: `local-dir:x` and `local-dir:./x/`, or a copy
+        # of the folder, are the same model, and the weights' content hash already says so.
+        if bank.meta.get("weights") != mine["weights"]:
+            raise BankMismatchError(
+                f"reference bank was built with other weights (model "
+                f"{bank.meta.get('model')!r}, weights {bank.meta.get('weights')!r}) than this "
+                f"model's ({mine['model']!r}, {mine['weights']!r}): rebuild it from the images"
+            )
+        for field in ("input_size", "grid_size", "scales"):
             if bank.meta.get(field) != mine[field]:
                 raise BankMismatchError(
                     f"reference bank was built with {field}={bank.meta.get(field)!r}, "
