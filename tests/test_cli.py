@@ -9,6 +9,7 @@ CliRunner.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -694,6 +695,73 @@ def test_output_dash_is_stdout_and_messages_go_to_stderr(model, tmp_path):
     quiet = run_runner(["score", PARTS, "-q", *model])
     assert quiet.code == 0 and quiet.stderr == ""
     assert quiet.stdout == result.stdout
+
+
+# ----- standard streams that are closed or full ---------------------------------------
+
+
+def run_with_streams(args: Sequence[object], stdout: object, stderr: object) -> tuple[int, bytes]:
+    """`winclip ARGS` with the given stdout / stderr: a file object, a path, or "closed"
+    (the descriptor is closed, as `>&-` does). Returns the exit code and stderr if piped."""
+
+    closed = [fd for fd, how in ((1, stdout), (2, stderr)) if how == "closed"]
+
+    def close_them() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    with contextlib.ExitStack() as files:
+
+        def target(how: object) -> object:
+            if how == "closed":
+                return subprocess.DEVNULL  # then closed in the child, before it starts
+            if isinstance(how, (str, Path)):
+                return files.enter_context(open(how, "wb"))
+            return how
+
+        proc = subprocess.run(
+            [str(WINCLIP), *(str(a) for a in args)],
+            stdout=target(stdout),
+            stderr=target(stderr),
+            env=process_env(),
+            preexec_fn=close_them,
+            timeout=120,
+        )
+    return proc.returncode, proc.stderr or b""
+
+
+def test_rows_that_cannot_be_written_stop_the_run_with_exit_2(model):
+    """stdout on a full disk (/dev/full): one line saying so, exit 2 (unusable output),
+    not an 'internal error', and no second complaint when Python exits."""
+    code, stderr = run_with_streams(["score", PARTS, *model], "/dev/full", subprocess.PIPE)
+    message = stderr.decode()
+    assert code == 2, message
+    assert message.count("\n") == 1 and "cannot write rows to stdout" in message
+    assert "No space left" in message and "Exception ignored" not in message
+
+
+def test_closed_stdout_is_a_usage_error(model, tmp_path):
+    code, stderr = run_with_streams(["score", PARTS, *model], "closed", subprocess.PIPE)
+    assert code == 2 and b"stdout is closed" in stderr, stderr
+    rows = tmp_path / "rows.csv"
+    code, stderr = run_with_streams(["score", PARTS, *model, "-o", rows], "closed", subprocess.PIPE)
+    assert code == 0, stderr
+    assert len(read_csv(rows.read_text())[1]) == 9
+
+
+@pytest.mark.parametrize("stderr", ["closed", "/dev/full"])
+def test_messages_that_cannot_be_shown_change_nothing(model, tmp_path, stderr):
+    """With stderr closed (`2>&-`) or full, the rows are the same, nothing but rows
+    reaches stdout or the rows file, and the exit code still tells the outcome."""
+    expected = run_runner(["score", PARTS, *model]).stdout
+    out = tmp_path / "stdout.csv"
+    code, _ = run_with_streams(["score", PARTS, *model], out, stderr)
+    assert code == 0 and out.read_text() == expected
+    rows = tmp_path / "rows.csv"
+    code, _ = run_with_streams(["score", PARTS, *model, "-o", rows], out, stderr)
+    assert code == 0 and rows.read_text() == expected and out.read_text() == ""
+    code, _ = run_with_streams(["score", tmp_path / "missing", *model], out, stderr)
+    assert code == 2 and out.read_text() == ""
 
 
 # ----- version, download -----------------------------------------------------------------

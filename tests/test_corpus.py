@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -637,3 +638,121 @@ def test_bank_from_another_model(small_set, good_refs, model_dir, tmp_path):
     make_bank(small_set, good_refs, other, bank)
     args = ["fewshot", str(small_set), "--model", model_dir, "--ref", str(bank)]
     assert_usage_error(invoke([*args, "--out", str(tmp_path / "o2")], tmp_path), "rebuild")
+
+
+def test_bank_is_reused_whatever_the_model_folder_is_called(
+    small_set, good_refs, model_dir, tmp_path
+):
+    """`local-dir:x`, `local-dir:x/` and a copy of x are the same model: the bank fits."""
+    bank = tmp_path / "refs.bank"
+    make_bank(small_set, good_refs, model_dir, bank)
+    copy = tmp_path / "copy-of-model"
+    shutil.copytree(model_dir.removeprefix("local-dir:"), copy)
+    scores = []
+    for model in (model_dir, model_dir + "/", f"local-dir:{copy}"):
+        rows = tmp_path / f"rows{len(scores)}.csv"
+        args = ["fewshot", str(small_set), "--model", model, "--ref", str(bank), "-o", str(rows)]
+        outcome = invoke([*args, "--out", str(tmp_path / "o")], tmp_path)
+        assert outcome.code == 0, outcome.stderr
+        scores.append([r["score"] for r in read_rows(rows)[1]])
+    assert scores[0] == scores[1] == scores[2]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--temperature", "nan", ["--temperature", "positive number"]),
+        ("--temperature", "inf", ["--temperature", "positive number"]),
+        ("--threshold", "nan", ["--threshold", "number"]),
+        ("--threshold", "inf", ["--threshold", "number"]),
+    ],
+)
+def test_numbers_that_are_not_numbers(small_set, tmp_path, option, value, words):
+    """NaN would pass every `<= 0` check and make a gating job pass on meaningless scores."""
+    args = ["score", str(small_set), "--model", BAD_MODEL, option, value]
+    assert_usage_error(invoke(args, tmp_path), *words)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--ref", ""], ["--out", ""], ["--cache-dir", ""], ["--weights", ""], ["-o", ""], [""]],
+    ids=["ref", "out", "cache-dir", "weights", "output", "input"],
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(small_set, tmp_path, extra):
+    """`--ref "$REF"` with REF unset in a cron job must not take any images in the
+    current folder as the known-good references."""
+    args = ["segment", str(small_set), "--model", BAD_MODEL, *extra]
+    outcome = invoke(args, tmp_path)
+    assert outcome.code == 2, outcome.stderr
+    assert "empty path" in outcome.stderr and outcome.stdout == ""
+    assert not any(tmp_path.iterdir()), "nothing may be written"
+
+
+def test_k_and_seed_need_a_reference_folder(small_set, good_refs, model_dir, tmp_path):
+    for extra in (["--k", "2"], ["--seed", "1"]):
+        args = ["score", str(small_set), "--model", BAD_MODEL, *extra]
+        assert_usage_error(invoke(args, tmp_path), "need --ref")
+    bank = tmp_path / "refs.bank"
+    make_bank(small_set, good_refs, model_dir, bank)  # two images
+    args = ["fewshot", str(small_set), "--model", BAD_MODEL, "--ref", str(bank)]
+    assert_usage_error(invoke([*args, "--k", "3"], tmp_path), "holds 2", "--k 3")
+    assert_usage_error(invoke([*args, "--seed", "1"], tmp_path), "--seed", "bank")
+    args = ["fewshot", str(small_set), "--model", model_dir, "--ref", str(bank), "--k", "2"]
+    outcome = invoke([*args, "--out", str(tmp_path / "o")], tmp_path)
+    assert outcome.code == 0, outcome.stderr  # the bank's own K is fine
+
+
+def test_an_output_file_that_is_an_input_is_refused(small_set, good_refs, tmp_path):
+    """`-o` on an input image would truncate it before it is read; the same for
+    --save-bank on a reference and -o on the bank being read."""
+    image = tmp_path / "in" / "part.png"
+    image.parent.mkdir()
+    shutil.copy(next(small_set.iterdir()), image)
+    before = image.read_bytes()
+    base = ["score", str(image.parent), "--model", BAD_MODEL]
+    assert_usage_error(invoke([*base, "-o", str(image)], tmp_path), "-o", "input")
+    ref = next(good_refs.iterdir())
+    args = [*base, "--ref", str(good_refs), "--k", "2", "--save-bank", str(ref)]
+    assert_usage_error(invoke(args, tmp_path), "--save-bank", "input")
+    assert image.read_bytes() == before
+    args = [*base, "--ref", str(good_refs), "--k", "2", "--save-bank", str(tmp_path / "b"), "-o"]
+    assert_usage_error(invoke([*args, str(tmp_path / "b")], tmp_path), "same file")
+
+
+def test_an_input_inside_the_out_or_ref_folder_says_so(small_set, good_refs, tmp_path):
+    """The walk never reads the output or --ref folder: naming one as the input gets
+    the reason, not "no images found"."""
+    args = ["segment", str(small_set), "--model", BAD_MODEL, "--out", str(small_set)]
+    assert_usage_error(invoke(args, tmp_path), "output folder", "another --out")
+    args = ["segment", str(good_refs), "--model", BAD_MODEL, "--ref", str(good_refs), "--k", "2"]
+    assert_usage_error(invoke(args, tmp_path), "--ref folder")
+
+
+def test_score_reads_the_default_output_folder_when_named(
+    small_set, model_dir, tmp_path, monkeypatch
+):
+    """score makes no overlays: `winclip score winclip-out` reads the folder it names,
+    while a walk of the folder above still skips it."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(small_set, tmp_path / "winclip-out")
+    rows = tmp_path / "rows.csv"
+    outcome = invoke(["score", "winclip-out", "--model", model_dir, "-o", str(rows)], tmp_path)
+    assert outcome.code == 0, outcome.stderr
+    assert len(read_rows(rows)[1]) == 2
+    outcome = invoke(["score", ".", "--model", model_dir, "-o", str(rows)], tmp_path)
+    assert outcome.code == 2 and "no images found" in outcome.stderr
+
+
+def test_a_long_but_legal_file_name_gets_its_overlay(model_dir, tmp_path):
+    """A 245-byte name: its overlay's name (+ '.png') is legal, and so must be the
+    temporary name it is written under."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = "a" * 241 + ".png"
+    Image.fromarray(smooth(32, 24, 3)).save(folder / name)
+    out, rows = tmp_path / "out", tmp_path / "rows.csv"
+    args = ["segment", str(folder), "--model", model_dir, "--out", str(out), "-o", str(rows)]
+    outcome = invoke(args, tmp_path)
+    assert outcome.code == 0, outcome.stderr
+    [row] = read_rows(rows)[1]
+    assert row["status"] == "ok" and Path(row["overlay"]).name == name + ".png"

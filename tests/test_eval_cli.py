@@ -52,8 +52,29 @@ def test_eval_bad_values_are_usage_errors_before_the_model(tmp_path):
         ["--json", str(tmp_path / "missing" / "r.json")],
         ["--scores", str(tmp_path / "missing" / "s.csv")],
         ["--weights", str(tmp_path / "missing.pt")],
+        ["--json", str(tmp_path / "same"), "--scores", str(tmp_path / "same")],
+        ["--temperature", "nan"],
     ]
     for extra in cases:
         result = runner.invoke(app, ["eval", str(root), *model, *extra])
         assert result.exit_code == 2, (extra, result.output)
         assert "internal error" not in result.output
+
+
+def test_eval_scores_to_stdout_and_the_table_to_stderr(tmp_path, tiny, cache_dir):
+    root = make_mvtec(tmp_path / "mvtec")
+    args = ["eval", str(root), "--model", tiny["local_dir"], "--category", "bottle"]
+    result = runner.invoke(app, [*args, "--scores", "-", "--compare", "paper"])
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()
+    assert rows[0] == "category,k,seed,path,label,score" and len(rows) == 1 + 4
+    assert "image_auroc" not in result.stdout.lower() and "auroc" in result.stderr.lower()
+    assert "over 1 category," in " ".join(result.stderr.split())
+    assert not (tmp_path / "-").exists()
+
+
+def test_eval_on_a_file_says_it_is_not_a_folder(tmp_path):
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"")
+    result = runner.invoke(app, ["eval", str(image)])
+    assert result.exit_code == 2 and "is not a folder" in result.stderr

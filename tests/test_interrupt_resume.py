@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -375,3 +376,68 @@ def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monk
         if r["status"] == "ok":
             with Image.open(r["overlay"]) as overlay:
                 overlay.load()
+
+
+# ----- resuming with other options --------------------------------------------------------
+
+
+@pytest.fixture()
+def few(tmp_path) -> Path:
+    folder = tmp_path / "few"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_resume_with_another_threshold_is_refused(few, model_dir, tmp_path):
+    """The file's labels would contradict each other: refuse, and leave it as it was."""
+    rows = tmp_path / "rows.csv"
+    args = ["score", str(few), "--model", model_dir, "-o", str(rows)]
+    code, stderr = invoke([*args, "--threshold", "0"], tmp_path)  # everything anomalous
+    assert code == 0, stderr
+    lines = rows.read_text().splitlines(keepends=True)
+    rows.write_text("".join(lines[:3]))  # as if interrupted after two rows
+    before = rows.read_bytes()
+    code, stderr = invoke([*args, "--threshold", "1", "--resume"], tmp_path)
+    assert code == 2 and "another --threshold" in stderr, stderr
+    assert rows.read_bytes() == before
+    code, stderr = invoke([*args, "--threshold", "0", "--resume"], tmp_path)
+    assert code == 0, stderr
+    resumed = [r["label"] for r in csv_rows(rows)]
+    assert resumed == ["anomalous"] * 4
+
+
+def test_resume_matches_rows_by_the_real_path(few, model_dir, tmp_path, monkeypatch):
+    """`few/0.png` written first, resumed as `./few/` or an absolute path: no duplicates."""
+    monkeypatch.chdir(few.parent)
+    rows = tmp_path / "rows.csv"
+    code, stderr = invoke(["score", "few", "--model", model_dir, "-o", str(rows)], tmp_path)
+    assert code == 0, stderr
+    finished = rows.read_text()
+    rows.write_text("".join(finished.splitlines(keepends=True)[:3]))
+    for spelling in ("./few/", str(few)):
+        args = ["score", spelling, "--model", model_dir, "-o", str(rows), "--resume"]
+        code, stderr = invoke(args, tmp_path)
+        assert code == 0, stderr
+        paths = [r["path"] for r in csv_rows(rows)]
+        assert len(paths) == 4 and len({os.path.realpath(p) for p in paths}) == 4
+
+
+def test_resume_with_nothing_left_still_saves_the_bank(few, model_dir, tmp_path):
+    rows, bank = tmp_path / "rows.csv", tmp_path / "refs.bank"
+    parts = few.parent / "parts"
+    parts.mkdir()
+    shutil.copy(few / "0.png", parts / "x.png")
+    args = ["score", str(parts), "--model", model_dir, "-o", str(rows), "--ref", str(few)]
+    code, stderr = invoke(args, tmp_path)
+    assert code == 0, stderr
+    code, stderr = invoke([*args, "--resume", "--save-bank", str(bank)], tmp_path)
+    assert code == 0, stderr
+    assert bank.is_file() and "0 to go" in stderr

@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from winclip_cli.cache import atomic_write
-from winclip_cli.outputs import COLORMAP, colorize, output_name, render_overlay
+from winclip_cli.outputs import (
+    COLORMAP,
+    colorize,
+    output_name,
+    read_finished_rows,
+    render_overlay,
+)
 
 
 def test_atomic_write_gives_normal_permissions_and_leaves_no_temp(tmp_path):
@@ -65,3 +71,24 @@ def test_overlay_keeps_size_and_shows_the_map():
     assert overlay.shape == (200, 300, 3)
     left, right = overlay[50, 20], overlay[50, 200]
     assert right[0] > left[0] and right[1] > left[1]  # yellow side vs purple side
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "words"),
+    [
+        (b"path,score,map_max,status,error\n", "csv", ["path,score,map_max", "not this run's"]),
+        (b'{"path": "a.png", "score": 0.5, "status": "ok", "error": ""}\n', "csv", ["jsonl"]),
+        (bytes(range(256)) * 40, "csv", ["not this run's"]),
+        (b"path,score,status,error\n", "jsonl", ["line 1 is not JSON"]),
+    ],
+    ids=["other-columns", "jsonl-as-csv", "binary", "csv-as-jsonl"],
+)
+def test_resume_refuses_a_file_of_another_shape_in_one_short_line(tmp_path, content, fmt, words):
+    path = tmp_path / "rows"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as caught:
+        read_finished_rows(path, fmt, ["path", "score", "status", "error"])
+    message = str(caught.value)
+    assert all(word in message for word in words), message
+    assert message.isprintable() and len(message) < 300 + len(str(path))
+    assert path.read_bytes() == content, "a refused file is left as it was"

@@ -38,6 +38,17 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _reserve_standard_streams() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr (`2>&-` in a cron line): else
+    the next file opened takes that number, and messages or a worker's output meant for
+    the terminal would land in it (the rows file, an overlay)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
 @app.callback()
 def main(
     version: Annotated[
@@ -46,6 +57,20 @@ def main(
     ] = False,
 ) -> None:
     """Zero- and few-shot visual anomaly detection (WinCLIP) for folders of images."""
+    _reserve_standard_streams()
+
+
+def _path(value: str | Path) -> Path:
+    """A path option's value; an empty one is refused, not read as the current folder."""
+    if isinstance(value, Path):  # a default
+        return value
+    if not value.strip():
+        raise typer.BadParameter("empty path (an unset shell variable?)")
+    return Path(value)
+
+
+def _output(value: str | Path) -> str:
+    return str(_path(value))
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -115,6 +140,7 @@ WeightsOpt = Annotated[
     typer.Option(
         help="Local checkpoint (.pt/.bin/.safetensors); nothing is downloaded.",
         rich_help_panel=MODEL_PANEL,
+        parser=_path,
     ),
 ]
 DeviceOpt = Annotated[
@@ -131,6 +157,7 @@ PromptsOpt = Annotated[
     typer.Option(
         help="JSON prompt file (normal / anomalous states, templates).",
         rich_help_panel=MODEL_PANEL,
+        parser=_path,
     ),
 ]
 TemperatureOpt = Annotated[
@@ -146,6 +173,7 @@ CacheOpt = Annotated[
     typer.Option(
         help="Text-embedding cache folder (or $WINCLIP_CACHE_DIR).",
         rich_help_panel=MODEL_PANEL,
+        parser=_path,
         show_default=False,
     ),
 ]
@@ -176,6 +204,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             typer.Argument(
                 help="Image files and folders (walked recursively). Default: .",
                 show_default=False,
+                parser=_path,
             ),
         ] = None,
         class_name: ClassOpt = "object",
@@ -184,11 +213,17 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             typer.Option(
                 help="Folder of known-good images, or a saved bank file.",
                 rich_help_panel=REF_PANEL,
+                parser=_path,
             ),
         ] = None,
         k: Annotated[
-            int, typer.Option("--k", help="Reference images to use.", rich_help_panel=REF_PANEL)
-        ] = 4,
+            Optional[int],  # noqa: UP045
+            typer.Option(
+                "--k",
+                help="Reference images to take from a --ref folder (default: 4).",
+                rich_help_panel=REF_PANEL,
+            ),
+        ] = None,
         seed: Annotated[
             Optional[int],  # noqa: UP045
             typer.Option(
@@ -201,11 +236,14 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             typer.Option(
                 help="Save the reference bank to FILE, for a later --ref FILE.",
                 rich_help_panel=REF_PANEL,
+                parser=_path,
             ),
         ] = None,
         out: Annotated[
             Path,
-            typer.Option(help="Folder for overlays (and maps).", rich_help_panel=OUTPUT_PANEL),
+            typer.Option(
+                help="Folder for overlays (and maps).", rich_help_panel=OUTPUT_PANEL, parser=_path
+            ),
         ] = Path("winclip-out"),
         save_maps: Annotated[
             bool,
@@ -222,6 +260,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 "-o",
                 help="Write rows to FILE ('-' = stdout).",
                 rich_help_panel=OUTPUT_PANEL,
+                parser=_output,
             ),
         ] = None,
         fmt: Annotated[
@@ -312,7 +351,9 @@ for _mode in ("score", "segment", "fewshot"):
 
 @app.command("eval")
 def eval_command(
-    root: Annotated[Path, typer.Argument(help="Dataset folder (MVTec AD or VisA layout).")],
+    root: Annotated[
+        Path, typer.Argument(help="Dataset folder (MVTec AD or VisA layout).", parser=_path)
+    ],
     layout: Annotated[str, typer.Option(help="auto, mvtec or visa.")] = "auto",
     category: Annotated[
         Optional[list[str]],  # noqa: UP045
@@ -329,11 +370,14 @@ def eval_command(
     ] = None,
     json_path: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--json", help="Write every figure to this JSON file."),
+        typer.Option("--json", help="Write every figure to this JSON file.", parser=_path),
     ] = None,
     scores: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Write per-image rows (category, k, seed, path, label, score) here."),
+        typer.Option(
+            help="Per-image rows (category, k, seed, path, label, score) to FILE ('-' = stdout).",
+            parser=_path,
+        ),
     ] = None,
     compare: Annotated[
         Optional[str],  # noqa: UP045
@@ -378,8 +422,11 @@ def eval_command(
         if class_name is not None:
             check_class_name(class_name)
         for path in (json_path, scores):
-            if path is not None:
+            if path is not None and str(path) != "-":
                 check_writable_file(path)
+        both = json_path is not None and scores is not None
+        if both and os.path.abspath(json_path) == os.path.abspath(scores):  # type: ignore[arg-type]
+            raise UsageError("--json and --scores name the same file")
         options = ModelOptions(
             model, pretrained, weights, device, precision, prompts, temperature, cache_dir
         )
@@ -412,7 +459,7 @@ def eval_command(
             scores_path=scores,
             json_path=json_path,
             compare=compare == "paper",
-            table_stream=None if quiet else sys.stderr,
+            table_stream=None if quiet else reporter.stream,
             progress=progress,
         )
         return 0

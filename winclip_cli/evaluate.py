@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,8 @@ def discover(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset folder not found: {root}")
+        why = "is not a folder" if root.exists() else "not found"
+        raise DatasetError(f"dataset folder {why}: {root}")
     if layout == "auto":
         layout = detect_layout(root)
     if layout == "mvtec":
@@ -552,7 +554,13 @@ def _scores_writer(path: str | os.PathLike[str] | None) -> Iterator[_ScoresWrite
     if path is None:
         yield None
         return
-    with open(path, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS) as fh:
+    with contextlib.ExitStack() as stack:
+        if os.fspath(path) == "-":  # stdout: rows for a pipe, the table stays on stderr
+            fh: IO[str] = sys.stdout
+        else:
+            fh = stack.enter_context(
+                open(path, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS)
+            )
         writer = _ScoresWriter(fh)
         writer.writerow(SCORES_HEADER)
         yield writer
@@ -629,11 +637,15 @@ def compare_with_paper(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _categories(count: int) -> str:
+    return f"{count} category" if count == 1 else f"{count} categories"
+
+
 def format_comparison(comparison: dict[str, Any]) -> str:
     """Text block: paper vs measured means (in %) with the difference, per k."""
     lines = [
         f"Compared with the paper ({comparison['dataset']}; measured over "
-        f"{comparison['categories_measured']} categories, paper over "
+        f"{_categories(comparison['categories_measured'])}, paper over "
         f"{comparison['categories_in_paper']}), in %:",
         f"{'k':>3}  {'metric':<9}{'paper':>8}{'measured':>10}{'diff':>8}",
     ]

@@ -148,8 +148,12 @@ def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, 
     else:
         records = list(csv.reader(io.StringIO(text, newline="")))
         if records and records[0] != cols:
+            first = text.split("\n", 1)[0]
+            if first.startswith("{"):
+                raise ValueError(f"{path} holds JSON lines: resume it with --format jsonl")
+            shown = "".join(c if c.isprintable() else "?" for c in first[:120])
             raise ValueError(
-                f"{path} has columns {','.join(records[0])}, this run writes {','.join(cols)}"
+                f"{path} starts with {shown!r}, not this run's columns {','.join(cols)}"
             )
         body = records[1:]
         if body and (not text.endswith("\n") or len(body[-1]) != len(cols)):

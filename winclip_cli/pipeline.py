@@ -6,6 +6,7 @@ made, and whether a reference bank is required.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -28,6 +29,7 @@ from .outputs import (
     RowWriter,
     columns,
     is_anomalous,
+    label,
     open_output,
     output_name,
     read_finished_rows,
@@ -41,6 +43,7 @@ from .report import Reporter
 DEFAULT_OUT_DIR = Path("winclip-out")
 # Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
 MAX_PENDING_IMAGES = 16
+DEFAULT_K = 4  # reference images taken from a --ref folder
 
 
 class ExitCode(IntEnum):
@@ -89,7 +92,7 @@ class RunOptions:
     maps: bool = False  # segment / fewshot: an overlay per image
     require_ref: bool = False  # fewshot
     ref: Path | None = None  # folder of normal images, or a saved bank file
-    k: int = 4
+    k: int | None = None  # references to use from a --ref folder (default DEFAULT_K)
     seed: int | None = None
     save_bank: Path | None = None
     out_dir: Path = DEFAULT_OUT_DIR
@@ -226,8 +229,8 @@ def check_model_options(model: ModelOptions) -> PromptSet:
     from .backbone import resolve_device, resolve_precision
     from .prompts import PromptFileError
 
-    if model.temperature is not None and model.temperature <= 0:
-        raise UsageError("--temperature must be positive")
+    if model.temperature is not None and not (0 < model.temperature < math.inf):
+        raise UsageError("--temperature must be a positive number")
     if model.weights is not None and not model.weights.is_file():
         raise UsageError(f"weights file not found: {model.weights}")
     try:
@@ -242,73 +245,164 @@ def check_model_options(model: ModelOptions) -> PromptSet:
         raise UsageError(str(exc)) from exc
 
 
-def plan(opts: RunOptions) -> Plan:
-    """Validate everything that can be validated without the model (exit 2 on failure)."""
+def _check_numbers(opts: RunOptions) -> None:
     check_class_name(opts.class_name)
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if opts.workers is not None and opts.workers < 0:
         raise UsageError("--workers must be 0 or more")
+    if opts.threshold is not None and not math.isfinite(opts.threshold):
+        raise UsageError("--threshold must be a number (scores lie in 0..1)")
     if opts.fail_on_anomaly and opts.threshold is None:
         raise UsageError("--fail-on-anomaly needs --threshold")
     if opts.require_ref and opts.ref is None:
         raise UsageError("fewshot needs --ref (a folder of normal images, or a bank file)")
-    if opts.ref is not None and opts.k < 1:
-        raise UsageError("--k must be at least 1 with --ref")
+    if opts.ref is None and (opts.k is not None or opts.seed is not None):
+        raise UsageError("--k and --seed choose reference images: they need --ref")
+    if opts.k is not None and opts.k < 1:
+        raise UsageError("--k must be at least 1")
     if opts.resume and opts.output in (None, "-"):
         raise UsageError("--resume needs -o FILE (the file to continue)")
-    prompts = check_model_options(opts.model)
+    if opts.output in (None, "-") and sys.stdout is None:
+        raise UsageError("stdout is closed: give -o FILE for the rows")
 
-    ref_images: list[InputImage] = []
-    skipped: list[str] = []
-    bank = None
-    if opts.ref is not None:
-        if opts.ref.is_dir():
-            ref_images = find_images([opts.ref])
-            if len(ref_images) < opts.k:
-                raise UsageError(
-                    f"--ref {opts.ref} has {len(ref_images)} image(s), --k {opts.k} needs {opts.k}"
-                )
-            if opts.seed is not None:
-                random.Random(opts.seed).shuffle(ref_images)
-            ref_images, skipped = _first_readable(ref_images, opts.k)
-            if len(ref_images) < opts.k:
-                raise UsageError(
-                    f"--ref {opts.ref} has only {len(ref_images)} readable image(s), "
-                    f"--k {opts.k} needs {opts.k}"
-                )
-        elif opts.ref.is_file():
-            bank = _read_bank_file(opts.ref)
-        else:
-            raise UsageError(f"--ref {opts.ref}: no such folder or bank file")
-    if opts.save_bank is not None:
-        if bank is not None:
-            raise UsageError("--save-bank needs --ref to be a folder of images, not a bank")
-        if opts.ref is None:
-            raise UsageError("--save-bank needs --ref (the folder of normal images)")
-        check_writable_file(opts.save_bank)
 
-    if opts.maps:
-        _check_out_dir(opts.out_dir)
-    # Never score our own overlays (even from an earlier segment run) or the references.
-    exclude = [opts.ref if opts.ref is not None and opts.ref.is_dir() else None, opts.out_dir]
+def _plan_references(opts: RunOptions) -> tuple[list[InputImage], list[str], Any]:
+    """The K readable reference images (folder) or the bank (file): (images, skipped, bank)."""
+    if opts.ref is None:
+        return [], [], None
+    if opts.ref.is_file():
+        bank = _read_bank_file(opts.ref)
+        if opts.seed is not None:
+            raise UsageError(f"--seed picks images from a folder; --ref {opts.ref} is a bank")
+        if opts.k is not None and opts.k != bank.num_images:
+            raise UsageError(
+                f"--ref {opts.ref} holds {bank.num_images} reference image(s), not --k {opts.k}"
+            )
+        return [], [], bank
+    if not opts.ref.is_dir():
+        raise UsageError(f"--ref {opts.ref}: no such folder or bank file")
+    k = DEFAULT_K if opts.k is None else opts.k
+    candidates = find_images([opts.ref])
+    if len(candidates) < k:
+        raise UsageError(f"--ref {opts.ref} has {len(candidates)} image(s), --k {k} needs {k}")
+    if opts.seed is not None:
+        random.Random(opts.seed).shuffle(candidates)
+    chosen, skipped = _first_readable(candidates, k)
+    if len(chosen) < k:
+        raise UsageError(
+            f"--ref {opts.ref} has only {len(chosen)} readable image(s), --k {k} needs {k}"
+        )
+    return chosen, skipped, None
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def _find_inputs(opts: RunOptions) -> list[InputImage]:
+    """The images to score. The walk never enters the output folder (a second run must
+    not score the first one's overlays) or the --ref folder; an input folder inside one of
+    them is refused with the reason, rather than "no images found"."""
+    exclude: list[Path] = []
+    roots = [p for p in opts.inputs if p.is_dir()]
+    if opts.ref is not None and opts.ref.is_dir():
+        if inside := [r for r in roots if _is_within(r, opts.ref)]:
+            raise UsageError(f"{inside[0]} is (in) the --ref folder: references are not scored")
+        exclude.append(opts.ref)
+    inside = [r for r in roots if _is_within(r, opts.out_dir)]
+    if inside and opts.maps:
+        raise UsageError(
+            f"{inside[0]} is (in) the output folder --out {opts.out_dir}: overlays would "
+            "mix with the images; choose another --out"
+        )
+    if not inside:  # score makes no overlays: then a folder named as input is read
+        exclude.append(opts.out_dir)
     try:
         images = find_images(opts.inputs, exclude=exclude)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     if not images:
         raise UsageError("no images found in " + ", ".join(str(p) for p in opts.inputs))
+    return images
 
+
+def _check_not_clobbering(
+    opts: RunOptions, images: list[InputImage], refs: list[InputImage]
+) -> None:
+    """No output file may be an input, a reference or the bank being read: writing it
+    would destroy what the run is about to read."""
+    output = None if opts.output in (None, "-") else Path(opts.output)  # type: ignore[arg-type]
+    both = output is not None and opts.save_bank is not None
+    if both and os.path.abspath(output) == os.path.abspath(opts.save_bank):  # type: ignore[arg-type]
+        raise UsageError("-o and --save-bank name the same file")
+    sources = [x.path for x in (*images, *refs)] + ([opts.ref] if opts.ref else [])
+    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
+        if target is None or not target.exists():
+            continue
+        st = os.stat(target)
+        if same := next((p for p in sources if _same_file(p, st)), None):
+            raise UsageError(f"{option} {target} is an input of this run ({same})")
+
+
+def _same_file(path: Path, target: os.stat_result) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+
+
+def _read_resume(opts: RunOptions, cols: list[str]) -> dict[str, dict[str, str]]:
+    """Rows already in -o FILE (--resume), by real path; refuses a file whose labels
+    disagree with this run's --threshold (the file would contradict itself)."""
+    out = Path(opts.output)  # type: ignore[arg-type]
+    if not (opts.resume and out.is_file()):
+        return {}
+    try:
+        rows = read_finished_rows(out, opts.fmt, cols)
+    except ValueError as exc:
+        raise UsageError(f"cannot resume: {exc}") from exc
+    if "label" in cols:
+        for row in rows:
+            score = float(row["score"]) if row.get("score") not in (None, "") else None
+            if row["label"] != label(score, opts.threshold):
+                raise UsageError(
+                    f"cannot resume: {out} was labelled with another --threshold "
+                    f"({row['path']} is {row['label']!r} at {row['score']}); "
+                    "resume with the first run's --threshold"
+                )
+    return {resume_key(row["path"]): row for row in rows}
+
+
+def resume_key(path: str) -> str:
+    """Rows match inputs by real path, so `./a.png`, `a.png` and `/abs/a.png` are one."""
+    return os.path.realpath(path)
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Validate everything that can be validated without the model (exit 2 on failure)."""
+    _check_numbers(opts)
+    prompts = check_model_options(opts.model)
+    ref_images, skipped, bank = _plan_references(opts)
+    if opts.save_bank is not None:
+        if opts.ref is None:
+            raise UsageError("--save-bank needs --ref (the folder of normal images)")
+        if bank is not None:
+            raise UsageError("--save-bank needs --ref to be a folder of images, not a bank")
+        check_writable_file(opts.save_bank)
+    if opts.maps:
+        _check_out_dir(opts.out_dir)
+    images = _find_inputs(opts)
+    _check_not_clobbering(opts, images, ref_images)
     cols = columns(opts.maps, opts.maps and opts.save_maps, opts.threshold)
     done: dict[str, dict[str, str]] = {}
     if opts.output not in (None, "-"):
-        out = Path(opts.output)  # type: ignore[arg-type]
-        check_writable_file(out)
-        if opts.resume and out.is_file():
-            try:
-                done = {r["path"]: r for r in read_finished_rows(out, opts.fmt, cols)}
-            except ValueError as exc:
-                raise UsageError(f"cannot resume: {exc}") from exc
+        check_writable_file(Path(opts.output))  # type: ignore[arg-type]
+        done = _read_resume(opts, cols)
     return Plan(images, prompts, ref_images, skipped, bank, cols, done)
 
 
@@ -406,10 +500,10 @@ def run(opts: RunOptions, reporter: Reporter, model: Any = None) -> ExitCode:
     tally = Tally()
     for row in plan_.done.values():
         tally.add(row.get("status", ""), row.get("score"), opts.threshold)
-    todo = [im for im in plan_.images if im.display not in plan_.done]
+    todo = [im for im in plan_.images if resume_key(im.display) not in plan_.done]
     if plan_.done:
         reporter.info(f"resuming: {len(plan_.done)} row(s) already written, {len(todo)} to go")
-        if not todo:  # nothing left: don't pay for the model
+        if not todo and opts.save_bank is None:  # nothing left: don't pay for the model
             return tally.exit_code(opts.fail_on_anomaly)
 
     with interruptible() as section:
@@ -432,6 +526,21 @@ def run(opts: RunOptions, reporter: Reporter, model: Any = None) -> ExitCode:
     return tally.exit_code(opts.fail_on_anomaly)
 
 
+@contextmanager
+def _writing_rows(output: str | None) -> Iterator[None]:
+    """A row that can't be written (disk full, I/O error) stops the run: exit 2, one line."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        to_stdout = output in (None, "-")
+        if to_stdout:  # what is still buffered would fail again, noisily, at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = "stdout" if to_stdout else output
+        raise UsageError(f"cannot write rows to {where}: {exc.strerror or exc}") from exc
+
+
 def _score_all(
     wc: Any,
     text: Any,
@@ -444,8 +553,9 @@ def _score_all(
     reporter: Reporter,
 ) -> None:
     appending = opts.resume and bool(plan_.done)
-    stream = open_output(opts.output, append=appending)
-    writer = RowWriter(stream, opts.fmt, plan_.cols, opts.threshold, header=not appending)
+    with _writing_rows(opts.output):
+        stream = open_output(opts.output, append=appending)
+        writer = RowWriter(stream, opts.fmt, plan_.cols, opts.threshold, header=not appending)
     pending: deque[tuple[Row, Future[tuple[str, str]] | None]] = deque()
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
     if opts.maps:
@@ -464,7 +574,7 @@ def _score_all(
                     # An error row has no score: this one could not be delivered whole.
                     row.status, row.error = "error", f"overlay not written: {exc}"
                     row.score = row.map_max = None
-            with critical(section):
+            with critical(section), _writing_rows(opts.output):
                 writer.write(row)
                 pending.popleft()
                 tally.add(row.status, row.score, opts.threshold)
@@ -503,10 +613,13 @@ def _score_all(
         pool.shutdown(wait=True, cancel_futures=True)
         reporter.stop()
         if stream is not sys.stdout:
-            stream.close()
+            with _writing_rows(opts.output):
+                stream.close()
     elapsed = time.perf_counter() - started
     count = len(todo)
-    summary = f"{count} image(s) in {elapsed:.1f} s ({count / elapsed:.2f} img/s): {tally.ok} ok"
+    summary = f"{count} image(s) in {elapsed:.1f} s ({count / elapsed:.2f} img/s)"
+    summary += f"; with the {len(plan_.done)} resumed row(s): " if plan_.done else ": "
+    summary += f"{tally.ok} ok"
     summary += f", {tally.errors} error(s)" if tally.errors else ""
     if opts.threshold is not None:
         summary += f", {tally.anomalous} at or above {opts.threshold:g}"

@@ -2,8 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import Any
+
+
+class MessageStream:
+    """A stream for messages that never fails: a message that can't be shown (stderr
+    closed, on a full disk) must not change a run's rows or exit code."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, ...
+        return getattr(self._stream, name)
 
 
 class Reporter:
@@ -13,7 +42,10 @@ class Reporter:
         from rich.console import Console
 
         self.quiet = quiet
-        self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
+        # With stderr closed (`2>&-`) Python has none: messages go nowhere, never to stdout.
+        target = stream or sys.stderr or open(os.devnull, "w")  # noqa: SIM115
+        self.stream = MessageStream(target)
+        self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
         self._progress: Any = None
         self._task: Any = None
 
