@@ -396,6 +396,18 @@ def test_resolve_device():
             resolve_device(bad)
 
 
+def test_a_gpu_this_machine_does_not_have(monkeypatch):
+    """`--device cuda:1` on a one-GPU machine: said plainly, naming what was asked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"--device cuda:1: this machine has 1 GPU"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda:1 was asked for"):
+        resolve_device("cuda:1")
+
+
 def test_auto_device_loads(tiny, cache_dir):
     wc = WinClip.load(model=TINY_NAME, weights=tiny["weights"], device="auto", cache_dir=cache_dir)
     assert wc.device == resolve_device("auto")

@@ -338,10 +338,8 @@ def test_resume_of_a_finished_run_changes_nothing(dataset, model_dir, reference,
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monkeypatch):
-    """Overlays are written under a temporary name and renamed: a write that fails half
-    way (disk full) leaves neither a partial PNG under the final name nor a temp file."""
-    folder = tmp_path / "in"
+def overlays_failing_at_the_third(folder: Path, monkeypatch, error: OSError) -> None:
+    """Six inputs in ``folder``; the third overlay write fails half way with ``error``."""
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(6):
@@ -354,10 +352,18 @@ def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monk
         calls.append(fp)
         if len(calls) == 3:
             fp.write(b"\x89PNG\r\n\x1a\n half an image")
-            raise OSError(28, "No space left on device")
+            raise error
         return real_save(self, fp, format, **params)
 
     monkeypatch.setattr(Image.Image, "save", save_failing_third)
+
+
+def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monkeypatch):
+    """Overlays are written under a temporary name and renamed: a write that fails half
+    way leaves neither a partial PNG under the final name nor a temp file. An error of
+    that one file (here a name too long) makes an error row, and the run goes on."""
+    folder = tmp_path / "in"
+    overlays_failing_at_the_third(folder, monkeypatch, OSError(36, "File name too long"))
     out, rows = tmp_path / "out", tmp_path / "rows.csv"
     args = ["segment", str(folder), "--model", model_dir, "--out", str(out), "-o", str(rows)]
     code, stderr = invoke(args, tmp_path / "cache")
@@ -366,7 +372,7 @@ def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monk
     parsed = parse(rows, "csv")
     failed = [r for r in parsed if r["status"] == "error"]
     assert len(failed) == 1 and "overlay not written" in failed[0]["error"]
-    assert "No space left" in failed[0]["error"]
+    assert "File name too long" in failed[0]["error"]
     lost = out / (Path(failed[0]["path"]).name + ".png")
     assert not lost.exists(), "a half-written overlay under its final name"
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -376,6 +382,27 @@ def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monk
         if r["status"] == "ok":
             with Image.open(r["overlay"]) as overlay:
                 overlay.load()
+
+
+def test_a_full_disk_stops_the_run_and_resume_finishes_it(model_dir, tmp_path, monkeypatch):
+    """No space left: every later overlay would fail too. The run stops (exit 2, one
+    line), the rows written so far are complete, and --resume later finishes the job."""
+    folder = tmp_path / "in"
+    overlays_failing_at_the_third(folder, monkeypatch, OSError(28, "No space left on device"))
+    out, rows = tmp_path / "out", tmp_path / "rows.csv"
+    args = ["segment", str(folder), "--model", model_dir, "--out", str(out), "-o", str(rows)]
+    code, stderr = invoke(args, tmp_path / "cache")
+    monkeypatch.undo()
+    assert code == 2, stderr
+    assert "No space left" in stderr and "--resume" in stderr and stderr.count("\n") == 1
+    partial = parse(rows, "csv")
+    assert [r["status"] for r in partial] == ["ok", "ok"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "a temporary file left"
+    code, stderr = invoke([*args, "--resume"], tmp_path / "cache")
+    assert code == 0, stderr
+    final = parse(rows, "csv")
+    assert final[:2] == partial and [r["status"] for r in final] == ["ok"] * 6
+    assert len(list(out.iterdir())) == 6
 
 
 # ----- resuming with other options --------------------------------------------------------

@@ -58,9 +58,11 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+        raise ValueError(f"--device {name} was asked for but no CUDA GPU is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for but MPS is not available")
+        raise ValueError(f"--device {name} was asked for but MPS is not available")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or mps")
     return device

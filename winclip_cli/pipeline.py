@@ -6,6 +6,7 @@ made, and whether a reference bank is required.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -44,6 +45,8 @@ DEFAULT_OUT_DIR = Path("winclip-out")
 # Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
 MAX_PENDING_IMAGES = 16
 DEFAULT_K = 4  # reference images taken from a --ref folder
+# Errors writing an overlay that no later image would escape: they stop the run.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class ExitCode(IntEnum):
@@ -571,6 +574,11 @@ def _score_all(
                 try:
                     row.overlay, row.map = job.result()
                 except (ImageReadError, OSError) as exc:
+                    if getattr(exc, "errno", None) in DISK_FULL:  # every next image would fail
+                        raise UsageError(
+                            f"cannot write to --out {opts.out_dir}: {exc.strerror}; make room, "
+                            f"then continue with --resume"
+                        ) from exc
                     # An error row has no score: this one could not be delivered whole.
                     row.status, row.error = "error", f"overlay not written: {exc}"
                     row.score = row.map_max = None
