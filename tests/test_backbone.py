@@ -216,6 +216,39 @@ def test_model_without_class_token(state_dict, tmp_path):
         WinClip.load(model=name, weights=path)
 
 
+def test_a_model_winclip_cannot_use_is_refused_before_any_download(monkeypatch):
+    """RN50 has no class token: say so at once, not after (or instead of) fetching
+    a checkpoint that could never be used."""
+    import winclip_cli.backbone as backbone
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("weights fetched for a model that can't be used")
+
+    monkeypatch.setattr(backbone, "fetch_pretrained", no_download)
+    with pytest.raises(WeightsUnavailableError, match="not a ViT with a class token"):
+        WinClip.load(model="RN50", pretrained="openai")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ViT-B-16-plus-240", "ViT-B-32", "RN50", "convnext_base", "ViT-B-16-SigLIP", "EVA02-B-16"],
+)
+def test_the_config_check_agrees_with_the_built_model(name):
+    """The early check (config only) refuses exactly the models the check on the built
+    model refuses: ResNets, timm towers, attention pooling."""
+    import winclip_cli.backbone as backbone
+
+    with torch.device("meta"):
+        visual = open_clip.create_model(name, load_weights=False, device="meta").visual
+    usable = getattr(visual, "pool_type", None) == "tok" and not getattr(visual, "attn_pool", None)
+    try:
+        backbone._check_class_token_config(name, open_clip.get_model_config(name))
+        passed = True
+    except WeightsUnavailableError:
+        passed = False
+    assert passed == usable
+
+
 # --------------------------------------------------------------------------------------
 # Offline behaviour for pretrained tags
 # --------------------------------------------------------------------------------------

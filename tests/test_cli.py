@@ -795,6 +795,12 @@ def test_download_prints_the_path(monkeypatch, tmp_path):
     assert calls == [("ViT-B-16-plus-240", "laion400m_e31"), ("ViT-B-32", "openai")]
 
 
+def test_download_of_a_local_folder_is_a_usage_error():
+    result = run_runner(["download", "--model", "local-dir:/some/folder"])
+    assert result.code == 2 and "nothing to download" in result.stderr
+    assert_no_traceback(result)
+
+
 def test_download_failure_exits_4(monkeypatch):
     import winclip_cli.backbone as backbone
 

@@ -275,6 +275,19 @@ def _assign_weights(clip: torch.nn.Module, state: dict[str, torch.Tensor], sourc
             owner.register_buffer(name.rpartition(".")[2], mask, persistent=False)
 
 
+_NO_CLASS_TOKEN = "model {model!r} is not a ViT with a class token: WinCLIP needs one"
+
+
+def _check_class_token_config(model: str, config: dict[str, Any]) -> None:
+    """The same check as on the built model, from the config alone: so that a ResNet or
+    an attention-pooled ViT is refused before its weights are downloaded."""
+    vision = config.get("vision_cfg", {})
+    resnet = isinstance(vision.get("layers"), (list, tuple))
+    pooled = vision.get("pool_type", "tok") != "tok" or vision.get("attentional_pool")
+    if resnet or vision.get("timm_model_name") or pooled:
+        raise WeightsUnavailableError(_NO_CLASS_TOKEN.format(model=model))
+
+
 def load_backbone(
     model: str = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
@@ -312,6 +325,7 @@ def load_backbone(
                 f"unknown model {model!r}: use a name from open_clip.list_models() "
                 "or local-dir:PATH"
             )
+        _check_class_token_config(model, open_clip.get_model_config(model))
         tag_cfg = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
         if weights:
             checkpoint = Path(weights)
@@ -323,9 +337,7 @@ def load_backbone(
     clip = _build_on_meta(model)
     visual = clip.visual
     if getattr(visual, "pool_type", None) != "tok" or getattr(visual, "attn_pool", None):
-        raise WeightsUnavailableError(
-            f"model {model!r} has no class token (pool_type must be 'tok'): WinCLIP needs one"
-        )
+        raise WeightsUnavailableError(_NO_CLASS_TOKEN.format(model=model))
     _assign_weights(clip, _read_state_dict(checkpoint), str(checkpoint))
     weights_id = weights_fingerprint(clip)  # on the CPU copy: no device round trips
     clip = clip.to(torch_device).eval().requires_grad_(False)

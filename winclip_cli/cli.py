@@ -473,8 +473,10 @@ def download(
     pretrained: Annotated[str, typer.Option(help="open_clip weights tag.")] = DEFAULT_PRETRAINED,
 ) -> None:
     """Fetch weights into the local cache, for later offline runs."""
-    from .backbone import WeightsUnavailableError, fetch_pretrained
+    from .backbone import LOCAL_DIR, WeightsUnavailableError, fetch_pretrained
 
+    if model.startswith(LOCAL_DIR):
+        raise _fail(f"nothing to download: {model} is read from its folder", 2)
     try:
         path = fetch_pretrained(model, pretrained)
     except WeightsUnavailableError as exc:
