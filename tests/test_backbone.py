@@ -486,7 +486,7 @@ def test_bf16_on_cpu_is_close_to_fp32(wc, tiny, cache_dir):
     torch.testing.assert_close(half_text, text, atol=0.05, rtol=0)
 
 
-@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), 1e-300])
 def test_temperature_must_be_a_positive_number(wc, value):
     with pytest.raises(ValueError, match="temperature"):
         WinClip(wc.backbone, temperature=value)

@@ -545,6 +545,25 @@ def test_unloadable_weights_exit_4(tiny, model, tmp_path):
         assert_no_traceback(result)
 
 
+def test_weights_that_give_nan_make_error_rows_not_a_crash(tiny, tmp_path):
+    """Damaged weights (NaN) load, but give no number: every row says so, and no NaN
+    reaches a label, a JSON line or an overlay's colours."""
+    import torch
+
+    folder = tmp_path / "nan-model"
+    shutil.copytree(tiny["local_dir"].removeprefix("local-dir:"), folder)
+    state = torch.load(folder / "open_clip_pytorch_model.bin", weights_only=True)
+    state["visual.proj"] = torch.full_like(state["visual.proj"], float("nan"))
+    torch.save(state, folder / "open_clip_pytorch_model.bin")
+    args = ["segment", PARTS / "good", "--model", f"local-dir:{folder}", "--workers", "0"]
+    result = run_runner([*args, "--out", tmp_path / "out", "--format", "jsonl"])
+    assert result.code == 3, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(r["status"] == "error" for r in rows)
+    assert all("no finite score" in r["error"] and r["score"] is None for r in rows)
+    assert_no_traceback(result)
+
+
 def _wait_for_rows(path: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -663,6 +663,7 @@ def test_bank_is_reused_whatever_the_model_folder_is_called(
     [
         ("--temperature", "nan", ["--temperature", "positive number"]),
         ("--temperature", "inf", ["--temperature", "positive number"]),
+        ("--temperature", "1e-300", ["--temperature", "at least"]),
         ("--threshold", "nan", ["--threshold", "number"]),
         ("--threshold", "inf", ["--threshold", "number"]),
     ],

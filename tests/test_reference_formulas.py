@@ -411,6 +411,16 @@ def test_p_anomalous_extremes():
     assert got[1] > 1 - 1e-6
 
 
+def test_p_anomalous_stays_a_probability_at_a_tiny_temperature():
+    """cos/tau overflows fp32 for a tiny tau: a plain softmax gives inf - inf = NaN."""
+    text = torch.eye(3, 4)[:2]
+    f = F.normalize(
+        torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]]), dim=-1
+    )
+    got = p_anomalous(f, text, 1e-6)
+    assert torch.equal(got, torch.tensor([0.0, 1.0, 0.5, 0.5]))
+
+
 @pytest.mark.parametrize(("grid_h", "grid_w", "k"), [(6, 6, 2), (6, 6, 3), (4, 7, 3), (5, 5, 5)])
 def test_harmonic_aggregation_matches_loop(grid_h, grid_w, k):
     idx = window_indices(grid_h, grid_w, k)

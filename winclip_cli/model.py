@@ -19,6 +19,8 @@ from .prompts import PromptSet, clean_class_name
 from .windows import harmonic_aggregate, window_indices
 
 DEFAULT_SCALES = (2, 3)
+# Below this every score is 0 or 1 anyway, and tau itself would underflow in fp32.
+MIN_TEMPERATURE = 1e-6
 # Window sequences run in chunks of at most this many tokens. On a CPU small chunks keep
 # the working set in cache: for the default model, 1024 tokens ran 9% faster than 16384
 # and peaked 0.7 GB lower (benchmarks/run.py). A GPU wants large launches.
@@ -87,9 +89,12 @@ def _plain_block_forward(block: Any, x: torch.Tensor, class_token_only: bool) ->
 
 
 def p_anomalous(embeddings: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(cos(f, T0) / tau, cos(f, T1) / tau)[1] for L2-normalised embeddings (..., D)."""
-    logits = embeddings.float() @ F.normalize(text.float(), dim=-1).T / temperature
-    return logits.softmax(dim=-1)[..., 1]
+    """softmax(cos(f, T0) / tau, cos(f, T1) / tau)[1] for L2-normalised embeddings (..., D).
+
+    Computed as sigmoid((cos1 - cos0) / tau), the same value: a softmax of two logits
+    that overflow (a tiny tau) would give inf - inf = NaN."""
+    cosines = embeddings.float() @ F.normalize(text.float(), dim=-1).T
+    return torch.sigmoid((cosines[..., 1] - cosines[..., 0]) / temperature)
 
 
 def association(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -134,8 +139,8 @@ class WinClip:
         self.windows = {k: window_indices(*self.grid_size, k).to(self.device) for k in self.scales}
         trained = 1.0 / float(backbone.clip.logit_scale.exp().item())
         self.temperature = float(temperature) if temperature is not None else trained
-        if not math.isfinite(self.temperature) or self.temperature <= 0:
-            raise ValueError("the temperature must be a positive number")
+        if not MIN_TEMPERATURE <= self.temperature < math.inf:
+            raise ValueError(f"the temperature must be a number of at least {MIN_TEMPERATURE:g}")
         self.text_cache = TextEmbeddingCache(cache_dir)
         self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         blocks = self.visual.transformer.resblocks

@@ -230,10 +230,11 @@ def check_class_name(class_name: str) -> None:
 def check_model_options(model: ModelOptions) -> PromptSet:
     """Model options that can be checked without loading it; returns the prompt set."""
     from .backbone import resolve_device, resolve_precision
+    from .model import MIN_TEMPERATURE
     from .prompts import PromptFileError
 
-    if model.temperature is not None and not (0 < model.temperature < math.inf):
-        raise UsageError("--temperature must be a positive number")
+    if model.temperature is not None and not (MIN_TEMPERATURE <= model.temperature < math.inf):
+        raise UsageError(f"--temperature must be a positive number (at least {MIN_TEMPERATURE:g})")
     if model.weights is not None and not model.weights.is_file():
         raise UsageError(f"weights file not found: {model.weights}")
     try:
@@ -607,6 +608,11 @@ def _score_all(
                     pending.append((row, None))
                     continue
                 score, grid = results[index]
+                if not (math.isfinite(score) and (grid is None or bool(grid.isfinite().all()))):
+                    # NaN reaches no label, no JSON and no colour: say it, as an error row.
+                    reason = "the model gave no finite score (damaged weights?)"
+                    pending.append((Row(image.display, status="error", error=reason), None))
+                    continue
                 row = Row(image.display, score=score)
                 job = None
                 if grid is not None:
