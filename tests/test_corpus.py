@@ -757,3 +757,41 @@ def test_a_long_but_legal_file_name_gets_its_overlay(model_dir, tmp_path):
     assert outcome.code == 0, outcome.stderr
     [row] = read_rows(rows)[1]
     assert row["status"] == "ok" and Path(row["overlay"]).name == name + ".png"
+
+
+def test_no_output_may_overwrite_the_model_or_the_prompts(small_set, model_dir, tmp_path):
+    """-o onto the weights file killed the run (Bus error: the weights are memory-mapped)
+    and destroyed the checkpoint; onto the prompt file it replaced the prompts by rows."""
+    folder = Path(model_dir.removeprefix("local-dir:"))
+    weights = tmp_path / "w.pt"
+    shutil.copy(folder / "open_clip_pytorch_model.bin", weights)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text('{"normal": ["a fine {}"], "anomalous": ["a broken {}"]}')
+    saved = {p: p.read_bytes() for p in (weights, prompts, folder / "open_clip_pytorch_model.bin")}
+    base = ["score", str(small_set), "--model", model_dir]
+    cases = [
+        ["--weights", str(weights), "-o", str(weights)],
+        ["--prompts", str(prompts), "-o", str(prompts)],
+        ["-o", str(folder / "open_clip_pytorch_model.bin")],
+        ["-o", str(folder / "open_clip_config.json")],
+    ]
+    for extra in cases:
+        assert_usage_error(invoke([*base, *extra], tmp_path), "would overwrite an input")
+    assert all(p.read_bytes() == data for p, data in saved.items())
+
+
+def test_out_inside_ref_is_refused(small_set, good_refs, tmp_path):
+    """Overlays written into the --ref folder would be taken as references next time."""
+    for out in (good_refs, good_refs / "sub"):
+        args = ["fewshot", str(small_set), "--model", BAD_MODEL, "--ref", str(good_refs)]
+        assert_usage_error(invoke([*args, "--k", "2", "--out", str(out)], tmp_path), "--ref folder")
+
+
+def test_rows_file_named_like_an_overlay_is_refused(small_set, tmp_path):
+    """The overlay, renamed into place, would replace the rows file: every row lost."""
+    out = tmp_path / "ov"
+    name = "part0.png"
+    args = ["segment", str(small_set), "--model", BAD_MODEL, "--out", str(out)]
+    assert_usage_error(invoke([*args, "-o", str(out / f"{name}.png")], tmp_path), "overlay")
+    maps = [*args, "--save-maps", "-o", str(out / f"{name}.npy")]
+    assert_usage_error(invoke(maps, tmp_path), "overlay or map")

@@ -78,3 +78,23 @@ def test_eval_on_a_file_says_it_is_not_a_folder(tmp_path):
     image.write_bytes(b"")
     result = runner.invoke(app, ["eval", str(image)])
     assert result.exit_code == 2 and "is not a folder" in result.stderr
+
+
+def test_eval_outputs_may_not_overwrite_the_dataset(tmp_path):
+    root = make_mvtec(tmp_path / "mvtec")
+    image = next((root / "bottle" / "test" / "good").iterdir())
+    before = image.read_bytes()
+    for option in ("--scores", "--json"):
+        result = runner.invoke(app, ["eval", str(root), "--model", "x", option, str(image)])
+        assert result.exit_code == 2 and "would overwrite an input" in result.stderr
+    assert image.read_bytes() == before
+
+
+def test_eval_json_to_stdout(tmp_path, tiny, cache_dir):
+    root = make_mvtec(tmp_path / "mvtec")
+    args = ["eval", str(root), "--model", tiny["local_dir"], "--category", "bottle"]
+    result = runner.invoke(app, [*args, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert set(figures["categories"]) == {"bottle"}
+    assert not (tmp_path / "-").exists()

@@ -468,3 +468,22 @@ def test_resume_with_nothing_left_still_saves_the_bank(few, model_dir, tmp_path)
     code, stderr = invoke([*args, "--resume", "--save-bank", str(bank)], tmp_path)
     assert code == 0, stderr
     assert bank.is_file() and "0 to go" in stderr
+
+
+def test_resume_from_another_folder_is_refused_not_duplicated(
+    few, model_dir, tmp_path, monkeypatch
+):
+    """Relative paths written from one folder match nothing from another: every image
+    would be scored again and the file would hold each twice."""
+    monkeypatch.chdir(few.parent)
+    rows = tmp_path / "rows.csv"
+    code, stderr = invoke(["score", "few", "--model", model_dir, "-o", str(rows)], tmp_path)
+    assert code == 0, stderr
+    before = rows.read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # `few/0.png` in the file now means elsewhere/few/0.png
+    args = ["score", str(few), "--model", model_dir, "-o", str(rows), "--resume"]
+    code, stderr = invoke(args, tmp_path)
+    assert code == 2 and "none of the 4 row(s)" in stderr, stderr
+    assert rows.read_bytes() == before

@@ -370,7 +370,9 @@ def eval_command(
     ] = None,
     json_path: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--json", help="Write every figure to this JSON file.", parser=_path),
+        typer.Option(
+            "--json", help="Write every figure to this JSON file ('-' = stdout).", parser=_path
+        ),
     ] = None,
     scores: Annotated[
         Optional[Path],  # noqa: UP045
@@ -411,6 +413,7 @@ def eval_command(
             check_class_name,
             check_model_options,
             check_writable_file,
+            refuse_overwriting,
         )
 
         shots = k or [0]
@@ -421,9 +424,11 @@ def eval_command(
             raise UsageError("--batch-size must be at least 1")
         if class_name is not None:
             check_class_name(class_name)
-        for path in (json_path, scores):
+        for option, path in (("--json", json_path), ("--scores", scores)):
             if path is not None and str(path) != "-":
                 check_writable_file(path)
+                inputs = [p for p in (weights, prompts) if p is not None]
+                refuse_overwriting(option, path, inputs, [root])  # a mask, an image, a split CSV
         both = json_path is not None and scores is not None
         if both and os.path.abspath(json_path) == os.path.abspath(scores):  # type: ignore[arg-type]
             raise UsageError("--json and --scores name the same file")

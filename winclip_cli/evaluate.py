@@ -580,6 +580,10 @@ class _ScoresWriter:
 def _write_json(path: Path, results: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: never a half-written file under ``path``."""
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    if os.fspath(path) == "-":  # stdout, for a pipe into jq; the table stays on stderr
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     atomic_write(Path(path), lambda f: f.write(text.encode("utf-8", errors=ENCODING_ERRORS)))
 
 

@@ -23,7 +23,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
 from .data import ImageReadError, InputImage, batches, find_images, open_image
 from .outputs import (
     Row,
@@ -334,22 +334,19 @@ def _find_inputs(opts: RunOptions) -> list[InputImage]:
     return images
 
 
-def _check_not_clobbering(
-    opts: RunOptions, images: list[InputImage], refs: list[InputImage]
+def refuse_overwriting(
+    option: str, target: Path | None, files: list[Path], folders: list[Path] = ()
 ) -> None:
-    """No output file may be an input, a reference or the bank being read: writing it
-    would destroy what the run is about to read."""
-    output = None if opts.output in (None, "-") else Path(opts.output)  # type: ignore[arg-type]
-    both = output is not None and opts.save_bank is not None
-    if both and os.path.abspath(output) == os.path.abspath(opts.save_bank):  # type: ignore[arg-type]
-        raise UsageError("-o and --save-bank name the same file")
-    sources = [x.path for x in (*images, *refs)] + ([opts.ref] if opts.ref else [])
-    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
-        if target is None or not target.exists():
-            continue
-        st = os.stat(target)
-        if same := next((p for p in sources if _same_file(p, st)), None):
-            raise UsageError(f"{option} {target} is an input of this run ({same})")
+    """UsageError when writing ``target`` would destroy one of the run's inputs: one of
+    ``files`` (the same file under any name) or an existing file in one of ``folders``."""
+    if target is None or not target.exists():
+        return
+    st = os.stat(target)
+    same = next((f for f in files if _same_file(f, st)), None)
+    if same is None:
+        same = next((d for d in folders if _is_within(target, d)), None)
+    if same is not None:
+        raise UsageError(f"{option} {target} would overwrite an input of this run ({same})")
 
 
 def _same_file(path: Path, target: os.stat_result) -> bool:
@@ -358,6 +355,42 @@ def _same_file(path: Path, target: os.stat_result) -> bool:
     except OSError:
         return False
     return (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+
+
+def _check_not_clobbering(
+    opts: RunOptions, images: list[InputImage], refs: list[InputImage]
+) -> None:
+    """Nothing the run writes may be something it reads (an image, a reference, the bank,
+    the weights, the prompt file, the model's folder) or another of its outputs."""
+    output = None if opts.output in (None, "-") else Path(opts.output)  # type: ignore[arg-type]
+    both = output is not None and opts.save_bank is not None
+    if both and os.path.abspath(output) == os.path.abspath(opts.save_bank):  # type: ignore[arg-type]
+        raise UsageError("-o and --save-bank name the same file")
+    m = opts.model
+    files = [x.path for x in (*images, *refs)]
+    files += [p for p in (opts.ref, m.weights, m.prompts) if p is not None]
+    folders = [Path(m.model[len(LOCAL_DIR) :])] if m.model.startswith(LOCAL_DIR) else []
+    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
+        refuse_overwriting(option, target, files, folders)
+    if not opts.maps:
+        return
+    if opts.ref is not None and opts.ref.is_dir() and _is_within(opts.out_dir, opts.ref):
+        raise UsageError(
+            f"--out {opts.out_dir} is in the --ref folder: overlays would become references"
+        )
+    suffixes = [".png", ".npy"] if opts.save_maps else [".png"]
+    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
+        if target is None or not _is_within(target, opts.out_dir):
+            continue
+        mine = os.path.abspath(target)
+        for image in images:
+            if any(
+                os.path.abspath(output_name(opts.out_dir, image.relative, x)) == mine
+                for x in suffixes
+            ):
+                raise UsageError(
+                    f"{option} {target} is the name of {image.display}'s overlay or map"
+                )
 
 
 def _read_resume(opts: RunOptions, cols: list[str]) -> dict[str, dict[str, str]]:
@@ -407,6 +440,11 @@ def plan(opts: RunOptions) -> Plan:
     if opts.output not in (None, "-"):
         check_writable_file(Path(opts.output))  # type: ignore[arg-type]
         done = _read_resume(opts, cols)
+        if done and not any(resume_key(im.display) in done for im in images):
+            raise UsageError(
+                f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "
+                "of this run (other inputs, or relative paths from another folder?)"
+            )
     return Plan(images, prompts, ref_images, skipped, bank, cols, done)
 
 
