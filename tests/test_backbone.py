@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
@@ -502,3 +503,35 @@ def test_predict_on_an_empty_batch(wc, maps):
         assert out.grid_maps.shape == (0, 6, 6)
     else:
         assert out.grid_maps is None
+
+
+def test_api_misuse_gets_a_clear_error_not_garbage(wc):
+    """Raw uint8 pixels, text of the wrong shape, or references of the wrong size: a
+    ValueError/TypeError naming what was expected, never scores or a deep torch error."""
+    text = wc.text_embeddings("screw")
+    x = images(2)
+    with pytest.raises(TypeError, match="float images from preprocess"):
+        wc.predict((x * 50).to(torch.uint8), text=text)
+    for bad in (text[:1], text[0], torch.cat([text, text[:1]]), text[:, :8]):
+        with pytest.raises(ValueError, match=r"text must be the \(2, "):
+            wc.predict(x, text=bad)
+    with pytest.raises(ValueError, match=r"reference_bank expects \(B, 3, 48, 48\)"):
+        wc.reference_bank(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(TypeError, match="float images"):
+        wc.reference_bank(torch.zeros(1, 3, 48, 48, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="at least one image"):
+        wc.reference_bank(torch.zeros(0, 3, 48, 48))
+
+
+def test_preprocess_shows_the_picture_as_a_viewer_does(wc):
+    """An EXIF-rotated photo is scored upright, as the command line scores it."""
+    from PIL import Image
+
+    upright = Image.fromarray((torch.rand(40, 24, 3) * 255).to(torch.uint8).numpy())
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera stores it
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif)
+    buffer.seek(0)
+    assert torch.equal(wc.preprocess(Image.open(buffer)), wc.preprocess(upright))

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, Backbone, load_backbone
 from .cache import ReferenceBank, TextEmbeddingCache
@@ -171,8 +171,19 @@ class WinClip:
     # ----- inputs -------------------------------------------------------------------
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """(3, H, W) model input: RGB, whole-image bicubic resize, normalised."""
-        return self.preprocessor(image)
+        """(3, H, W) model input: the picture as a viewer shows it (EXIF orientation
+        applied), RGB, whole-image bicubic resize, normalised."""
+        return self.preprocessor(ImageOps.exif_transpose(image))
+
+    def _check_images(self, x: torch.Tensor, what: str) -> None:
+        h, w = self.input_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, h, w):
+            raise ValueError(
+                f"{what} expects (B, 3, {h}, {w}) preprocessed images (see preprocess), "
+                f"got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():  # raw pixels (uint8) would score without an error
+            raise TypeError(f"{what} expects float images from preprocess, got {x.dtype}")
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = self.backbone.dtype
@@ -283,8 +294,9 @@ class WinClip:
 
     def reference_bank(self, refs: torch.Tensor, batch_size: int = 8) -> ReferenceBank:
         """Bank of patch tokens and window embeddings from (K, 3, H, W) normal images."""
-        if refs.ndim != 4 or refs.shape[0] == 0:
-            raise ValueError("reference_bank needs a (K, 3, H, W) batch with K >= 1")
+        self._check_images(refs, "reference_bank")
+        if refs.shape[0] == 0:
+            raise ValueError("reference_bank needs at least one image")
         feats = [self.encode(b, windows=True, patch_tokens=True) for b in refs.split(batch_size)]
         patch = torch.cat([f.patch_tokens for f in feats]).flatten(0, 1)  # type: ignore[misc]
         wins = {k: torch.cat([f.windows[k] for f in feats]).flatten(0, 1) for k in self.scales}
@@ -346,10 +358,11 @@ class WinClip:
         Zero-shot when ``bank`` is None; WinCLIP+ otherwise. With ``maps=False`` and no
         bank, only the ordinary forward pass runs (no windows).
         """
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, *self.input_size):
+        self._check_images(x, "predict")
+        if tuple(text.shape) != (2, self.embed_dim):
             raise ValueError(
-                f"predict expects (B, 3, {self.input_size[0]}, {self.input_size[1]}) "
-                f"preprocessed images (see preprocess), got {tuple(x.shape)}"
+                f"text must be the (2, {self.embed_dim}) normal/anomalous embeddings of "
+                f"text_embeddings, got {tuple(text.shape)}"
             )
         if bank is not None:
             bank = self.check_bank(bank)
