@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.tiny_model import make_tiny_model
-from winclip_cli.outputs import Row, RowWriter, columns, read_finished_rows
+from winclip_cli.outputs import Row, RowsFile, RowWriter, columns, read_finished_rows
 
 COLUMNS = ["path", "score", "map_max", "overlay", "status", "error"]
 COUNT = 120  # images: enough that a run is still going when the signal arrives
@@ -487,3 +487,37 @@ def test_resume_from_another_folder_is_refused_not_duplicated(
     code, stderr = invoke(args, tmp_path)
     assert code == 2 and "none of the 4 row(s)" in stderr, stderr
     assert rows.read_bytes() == before
+
+
+# ----- two runs on one rows file (an overlapping cron job) ---------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX; Windows runs are not locked")
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_rows_file_in_use_by_another_run_is_left_alone(few, model_dir, tmp_path, resume):
+    """Two runs appending to one file interleave and duplicate rows: the second is refused
+    (exit 2) while the first holds the file, and the file is not touched."""
+    rows = tmp_path / "rows.csv"
+    args = ["score", str(few), "--model", model_dir, "-o", str(rows)]
+    code, stderr = invoke(args, tmp_path)
+    assert code == 0, stderr
+    rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:2]) + "torn,0.")
+    before = rows.read_bytes()
+    held = RowsFile(rows)  # what the first run holds while it writes
+    try:
+        code, stderr = invoke([*args, *(["--resume"] if resume else [])], tmp_path)
+        assert code == 2 and "being written by another winclip run" in stderr, stderr
+        assert rows.read_bytes() == before, "not truncated, not repaired, not appended"
+    finally:
+        held.release()
+    code, stderr = invoke([*args, "--resume"], tmp_path)  # free again: resume finishes it
+    assert code == 0, stderr
+    assert len(csv_rows(rows)) == 4
+
+
+def test_a_run_that_fails_before_any_row_leaves_no_rows_file(few, tmp_path):
+    rows = tmp_path / "rows.csv"
+    args = ["score", str(few), "--model", "local-dir:/nonexistent/model", "-o", str(rows)]
+    code, stderr = invoke(args, tmp_path)
+    assert code == 4, stderr
+    assert not rows.exists()

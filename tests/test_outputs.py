@@ -92,3 +92,15 @@ def test_resume_refuses_a_file_of_another_shape_in_one_short_line(tmp_path, cont
     assert all(word in message for word in words), message
     assert message.isprintable() and len(message) < 300 + len(str(path))
     assert path.read_bytes() == content, "a refused file is left as it was"
+
+
+def test_a_torn_last_row_is_cut_off_in_place(tmp_path):
+    """The repair keeps the file itself (same inode): the lock the run holds on it, and
+    anything else pointing at it, stay valid."""
+    path = tmp_path / "rows.csv"
+    path.write_text("path,score,status,error\na.png,0.5,ok,\nb.png,0.2")
+    inode = path.stat().st_ino
+    rows = read_finished_rows(path, "csv", ["path", "score", "status", "error"])
+    assert [r["path"] for r in rows] == ["a.png"]
+    assert path.read_text() == "path,score,status,error\na.png,0.5,ok,\n"
+    assert path.stat().st_ino == inode

@@ -16,6 +16,11 @@ from PIL import Image, ImageDraw
 
 from .cache import atomic_write
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 FORMATS = ("csv", "jsonl")
 # Writing rows and file names with surrogateescape lets any OS file name round-trip.
 ENCODING_ERRORS = "surrogateescape"
@@ -171,7 +176,12 @@ def _rewrite(path: Path, fmt: str, cols: list[str], rows: list[dict[str, Any]]) 
     else:
         buffer.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     data = buffer.getvalue().encode("utf-8", errors=ENCODING_ERRORS)
-    if data != path.read_bytes():
+    old = path.read_bytes()
+    if data == old:
+        return
+    if old.startswith(data):  # a torn last row: cut it off in place (the run's lock stays)
+        os.truncate(path, len(data))
+    else:  # rows written otherwise (another version): rewrite them whole
         atomic_write(path, lambda f: f.write(data))
 
 
@@ -249,19 +259,57 @@ def save_npy(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda f: np.save(f, array.astype(np.float32, copy=False)))
 
 
-def open_output(path: str | None, append: bool) -> IO[str]:
-    """The row stream: stdout for None or '-', else the file (appended on --resume)."""
+def stdout_rows() -> IO[str]:
+    """stdout as the row stream: bytes that are not UTF-8 in names pass through."""
     import sys
 
-    if path in (None, "-"):
-        stream = sys.stdout
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors=ENCODING_ERRORS)
-        return stream
-    return open(
-        os.fspath(path),
-        "a" if append else "w",
-        encoding="utf-8",
-        errors=ENCODING_ERRORS,
-        newline="",
-    )
+    stream = sys.stdout
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors=ENCODING_ERRORS)
+    return stream
+
+
+class FileBusyError(Exception):
+    """Another process holds the rows file (an overlapping run on the same -o FILE)."""
+
+
+class RowsFile:
+    """The -o file, held for the whole run by an exclusive advisory lock: a second run on
+    the same file (an overlapping cron job) is refused, rather than both writing rows
+    into it. Opened without truncating: a refused run leaves the file as it was."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.created = not path.exists()
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is None:  # Windows: no flock; runs on one file are the user's to keep apart
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = None
+            raise FileBusyError(f"{path} is being written by another winclip run") from exc
+
+    def stream(self, append: bool) -> IO[str]:
+        """The row stream on the held file: at its end (append) or emptied first."""
+        assert self.fd is not None
+        if append:
+            os.lseek(self.fd, 0, os.SEEK_END)
+        else:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        return open(
+            self.fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
+        )
+
+    def release(self) -> None:
+        """Unlock; a file this run created and never wrote to is removed again."""
+        if self.fd is None:
+            return
+        try:
+            if self.created and os.fstat(self.fd).st_size == 0:
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None

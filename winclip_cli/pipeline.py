@@ -26,17 +26,19 @@ from typing import Any
 from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
 from .data import ImageReadError, InputImage, batches, find_images, open_image
 from .outputs import (
+    FileBusyError,
     Row,
+    RowsFile,
     RowWriter,
     columns,
     is_anomalous,
     label,
-    open_output,
     output_name,
     read_finished_rows,
     render_overlay,
     save_npy,
     save_png,
+    stdout_rows,
 )
 from .prompts import PromptSet, clean_class_name, load_prompt_file
 from .report import Reporter
@@ -121,6 +123,7 @@ class Plan:
     bank: Any  # a ReferenceBank read from --ref FILE, or None
     cols: list[str]
     done: dict[str, dict[str, str]]  # --resume: path -> row already in the output file
+    rows_file: RowsFile | None  # -o FILE, locked; None for stdout
 
 
 @contextmanager
@@ -436,16 +439,25 @@ def plan(opts: RunOptions) -> Plan:
     images = _find_inputs(opts)
     _check_not_clobbering(opts, images, ref_images)
     cols = columns(opts.maps, opts.maps and opts.save_maps, opts.threshold)
-    done: dict[str, dict[str, str]] = {}
-    if opts.output not in (None, "-"):
-        check_writable_file(Path(opts.output))  # type: ignore[arg-type]
+    if opts.output in (None, "-"):
+        return Plan(images, prompts, ref_images, skipped, bank, cols, {}, None)
+    output = Path(opts.output)  # type: ignore[arg-type]
+    check_writable_file(output)
+    try:
+        rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
+    except FileBusyError as exc:
+        raise UsageError(f"{exc}: wait for it, or write to another file") from exc
+    try:
         done = _read_resume(opts, cols)
         if done and not any(resume_key(im.display) in done for im in images):
             raise UsageError(
                 f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "
                 "of this run (other inputs, or relative paths from another folder?)"
             )
-    return Plan(images, prompts, ref_images, skipped, bank, cols, done)
+    except BaseException:
+        rows_file.release()
+        raise
+    return Plan(images, prompts, ref_images, skipped, bank, cols, done, rows_file)
 
 
 # ----- the run -------------------------------------------------------------------------
@@ -539,6 +551,14 @@ def run(opts: RunOptions, reporter: Reporter, model: Any = None) -> ExitCode:
     backbone.WeightsUnavailableError (exit 4).
     """
     plan_ = plan(opts)
+    try:
+        return _execute(plan_, opts, reporter, model)
+    finally:
+        if plan_.rows_file is not None:
+            plan_.rows_file.release()
+
+
+def _execute(plan_: Plan, opts: RunOptions, reporter: Reporter, model: Any) -> ExitCode:
     tally = Tally()
     for row in plan_.done.values():
         tally.add(row.get("status", ""), row.get("score"), opts.threshold)
@@ -596,7 +616,8 @@ def _score_all(
 ) -> None:
     appending = opts.resume and bool(plan_.done)
     with _writing_rows(opts.output):
-        stream = open_output(opts.output, append=appending)
+        rows_file = plan_.rows_file
+        stream = rows_file.stream(appending) if rows_file is not None else stdout_rows()
         writer = RowWriter(stream, opts.fmt, plan_.cols, opts.threshold, header=not appending)
     pending: deque[tuple[Row, Future[tuple[str, str]] | None]] = deque()
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
