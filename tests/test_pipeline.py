@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from winclip_cli.pipeline import ExitCode, ModelOptions, RunOptions, run
@@ -49,6 +50,11 @@ def test_reporter_animates_only_on_a_terminal_and_quiet_keeps_errors():
     reporter.advance(5, 5, 2.0)
     reporter.stop()
     assert "2.50 img/s" in terminal.getvalue()
+    terminal.truncate(0)
+    reporter.start(10, "scoring", live=False)  # rows on the same screen: no bar
+    reporter.advance(5, 5, 2.0)
+    reporter.stop()
+    assert terminal.getvalue() == ""
 
     quiet = io.StringIO()
     reporter = Reporter(quiet=True, stream=quiet)
@@ -61,12 +67,32 @@ def test_reporter_animates_only_on_a_terminal_and_quiet_keeps_errors():
     assert "disk [full]" in quiet.getvalue()
 
 
+def test_no_progress_bar_when_the_rows_go_to_the_terminal(tmp_path, tiny, cache_dir, monkeypatch):
+    """Rows printed on the terminal and a live bar redrawn under them garble each other."""
+    import io
+
+    from rich.console import Console
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    opts = RunOptions(inputs=[SAMPLES], workers=0, model=ModelOptions(model=tiny["local_dir"]))
+    messages = io.StringIO()
+    reporter = Reporter(stream=messages)
+    reporter.console = Console(file=messages, force_terminal=True, width=100)
+    assert run(opts, reporter) == ExitCode.OK
+    assert screen.getvalue().count("\n") == 4  # header + 3 rows
+    assert "━" not in messages.getvalue() and "scoring" not in messages.getvalue()
+
+
 # ----- found in review: signals, pipes, warnings, early exits -----------------------------
 
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402

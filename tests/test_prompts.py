@@ -139,6 +139,14 @@ def test_prompt_file_with_all_keys(tmp_path):
     assert anomalous == ["a photo of a cracked bottle.", "cracked bottle"]
 
 
+def test_prompt_file_with_a_byte_order_mark(tmp_path):
+    """Windows editors save UTF-8 with a BOM; the file is the same prompts."""
+    path = tmp_path / "p.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"normal": ["intact {}"], "anomalous": ["bent {}"]}')
+    normal, anomalous = load_prompt_file(path).prompts("pin")
+    assert "a photo of a intact pin." in normal and "a photo of a bent pin." in anomalous
+
+
 def test_prompt_file_missing_keys_keep_the_papers_lists(tmp_path):
     ps = load_prompt_file(write_json(tmp_path / "p.json", {"anomalous": ["scratched {}"]}))
     assert ps.normal == tuple(SPEC_NORMAL)

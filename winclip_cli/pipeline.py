@@ -650,7 +650,9 @@ def _score_all(
     workers = default_workers() if opts.workers is None else opts.workers
     started = time.perf_counter()
     processed = 0
-    reporter.start(len(todo), "scoring")
+    # Rows printed on the terminal and a live bar on the same screen would garble each other.
+    rows_on_screen = rows_file is None and sys.stdout.isatty()
+    reporter.start(len(todo), "scoring", live=not rows_on_screen)
     try:
         pin = wc.device.type == "cuda"
         for batch in batches(todo, wc.preprocessor, opts.batch_size, workers, pin):

@@ -85,7 +85,7 @@ def load_prompt_file(path: str | Path) -> PromptSet:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors add a BOM
     except OSError as exc:
         raise PromptFileError(f"cannot read prompt file {path}: {exc.strerror}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -66,9 +66,10 @@ class Reporter:
 
             self.console.print(escape(message), markup=True)
 
-    def start(self, total: int, description: str) -> None:
-        """Show a progress bar with images/s and ETA (terminals only, never with --quiet)."""
-        if self.quiet or not self.console.is_terminal:
+    def start(self, total: int, description: str, live: bool = True) -> None:
+        """Show a progress bar with images/s and ETA (terminals only, never with --quiet;
+        ``live=False``: none, e.g. when the rows themselves go to the terminal)."""
+        if self.quiet or not live or not self.console.is_terminal:
             return
         from rich.progress import (
             BarColumn,
