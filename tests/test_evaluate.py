@@ -123,6 +123,16 @@ def _missing_mask(root: Path) -> None:
     (root / "metal_nut" / "ground_truth" / "crack" / "001_mask.png").unlink()
 
 
+def _broken_mask(root: Path) -> None:
+    (root / "metal_nut" / "ground_truth" / "crack" / "001_mask.png").write_bytes(b"not a png")
+
+
+def _stretched_mask(root: Path) -> None:
+    path = root / "metal_nut" / "ground_truth" / "crack" / "001_mask.png"
+    with Image.open(path) as mask:
+        mask.resize((mask.width * 2, mask.height // 3)).save(path)
+
+
 def _empty_category(root: Path) -> None:
     (root / "screw" / "test" / "good").mkdir(parents=True)
     (root / "screw" / "train" / "good").mkdir(parents=True)
@@ -132,6 +142,8 @@ def _empty_category(root: Path) -> None:
     ("breakage", "kwargs", "message"),
     [
         (_missing_mask, {}, r"no ground-truth mask for .*001\.png"),
+        (_broken_mask, {}, r"cannot read mask .*001_mask\.png"),
+        (_stretched_mask, {}, r"mask .*001_mask\.png is .* would not line up"),
         (_empty_category, {}, "category screw has no test images"),
         (None, {"categories": ["carpet"]}, "unknown category carpet.*available: bottle, metal_nut"),
         (None, {"layout": "visa"}, "not a VisA tree"),
@@ -145,6 +157,23 @@ def test_malformed_mvtec_trees(tmp_path, breakage, kwargs, message):
     with pytest.raises(DatasetError, match=message) as info:
         discover(root, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_a_mask_of_another_size_but_the_same_shape_is_fine(tmp_path):
+    root = make_mvtec(tmp_path / "mvtec")
+    path = root / "metal_nut" / "ground_truth" / "crack" / "001_mask.png"
+    with Image.open(path) as mask:
+        mask.resize((mask.width * 2, mask.height * 2)).save(path)
+    assert [d.name for d in discover(root)] == ["bottle", "metal_nut"]
+
+
+def test_an_empty_mask_of_an_anomalous_image_is_warned_about(tmp_path, wc):
+    root = make_mvtec(tmp_path / "mvtec", categories=("bottle",))
+    path = root / "bottle" / "ground_truth" / "crack" / "001_mask.png"
+    with Image.open(path) as mask:
+        Image.new(mask.mode, mask.size, 0).save(path)
+    with pytest.warns(UserWarning, match=r"mask of anomalous image .*001\.png is empty"):
+        run_evaluation(wc, root)
 
 
 def test_no_layout_detected(tmp_path):

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +258,29 @@ def discover(
     for data in found:
         if not data.test:
             raise DatasetError(f"category {data.name} has no test images")
+        for sample in data.test:
+            if sample.mask is not None:
+                _check_mask_fits(sample.mask, sample.path)
     return found
+
+
+def _check_mask_fits(mask: Path, image: Path) -> None:
+    """Headers only (no decoding): a mask that is no image, or whose shape differs from its
+    image's, is found before any model time is spent. A different size of the same shape
+    is fine: both are resized to the model's input."""
+    sizes = []
+    for path, what in ((mask, "mask"), (image, "image")):
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise DatasetError(f"cannot read {what} {path}: {' '.join(str(err).split())}") from err
+    (mw, mh), (iw, ih) = sizes
+    if abs(mw * ih - mh * iw) > 0.01 * iw * ih:  # aspect ratios differ by over 1 %
+        raise DatasetError(
+            f"mask {mask} is {mw}x{mh}, its image {image} is {iw}x{ih}: the mask would not "
+            "line up with the image"
+        )
 
 
 # ----- loading ------------------------------------------------------------------------
@@ -319,6 +342,13 @@ class _TestSet:
         for start in range(0, len(self.samples), self.batch_size):
             chunk = self.samples[start : start + self.batch_size]
             masks = np.stack([load_mask(s.mask, self.wc.input_size) for s in chunk])
+            for sample, mask in zip(chunk, masks, strict=True):
+                if sample.label and not mask.any():
+                    warnings.warn(
+                        f"the mask of anomalous image {sample.path} is empty: its defect "
+                        "counts as normal pixels",
+                        stacklevel=1,
+                    )
             batch = (chunk, _preprocess(self.wc, [s.path for s in chunk]), masks)
             if self.keep:
                 loaded.append(batch)
