@@ -395,13 +395,13 @@ def test_a_full_disk_stops_the_run_and_resume_finishes_it(model_dir, tmp_path, m
     monkeypatch.undo()
     assert code == 2, stderr
     assert "No space left" in stderr and "--resume" in stderr and stderr.count("\n") == 1
-    partial = parse(rows, "csv")
-    assert [r["status"] for r in partial] == ["ok", "ok"]
+    partial = parse(rows, "csv")  # the rows before the failed overlay (threads: 2 or more)
+    assert 2 <= len(partial) < 6 and all(r["status"] == "ok" for r in partial)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "a temporary file left"
     code, stderr = invoke([*args, "--resume"], tmp_path / "cache")
     assert code == 0, stderr
     final = parse(rows, "csv")
-    assert final[:2] == partial and [r["status"] for r in final] == ["ok"] * 6
+    assert final[: len(partial)] == partial and [r["status"] for r in final] == ["ok"] * 6
     assert len(list(out.iterdir())) == 6
 
 
