@@ -79,7 +79,8 @@ def throughput(wc, text, batch_sizes: list[int], repeat: int) -> tuple[list[dict
 def pipeline_rates(wc, count: int, batch: int) -> dict[str, float]:
     """Seconds per image of whole runs from files on disk (decode, score, write rows and
     overlays) through the same pipeline as the CLI, model already loaded."""
-    from winclip_cli.pipeline import RunOptions, run
+    from winclip_cli.pipeline import run
+    from winclip_cli.planning import RunOptions
     from winclip_cli.report import Reporter
 
     sources = sorted((ROOT / "sample_data" / "parts").rglob("*.jpg"))

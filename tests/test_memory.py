@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from winclip_cli import pipeline
+from winclip_cli import pipeline, planning
 from winclip_cli.outputs import RowWriter
 from winclip_cli.report import Reporter
 
@@ -67,14 +67,14 @@ def test_memory_is_flat_over_a_long_run(many_images, tiny, cache_dir, tmp_path, 
             samples[written] = (resident_bytes(), tracemalloc.get_traced_memory()[0])
 
     monkeypatch.setattr(RowWriter, "write", measured_write)
-    options = pipeline.RunOptions(
+    options = planning.RunOptions(
         inputs=[many_images],
         maps=mode == "segment",
         out_dir=tmp_path / "out",
         batch_size=4,
         workers=0,
         output=str(tmp_path / "rows.csv"),
-        model=pipeline.ModelOptions(model=tiny["local_dir"], cache_dir=cache_dir),
+        model=planning.ModelOptions(model=tiny["local_dir"], cache_dir=cache_dir),
     )
     tracemalloc.start()
     try:

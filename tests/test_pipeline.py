@@ -6,7 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from winclip_cli.pipeline import ExitCode, ModelOptions, RunOptions, run
+from winclip_cli.pipeline import ExitCode, run
+from winclip_cli.planning import ModelOptions, RunOptions
 from winclip_cli.report import Reporter
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data" / "parts" / "good"

@@ -83,7 +83,8 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
     """Run ``action(reporter)`` and turn every outcome into the documented exit code."""
     from .backbone import WeightsUnavailableError
-    from .pipeline import ExitCode, Interrupted, UsageError
+    from .pipeline import ExitCode, Interrupted
+    from .planning import UsageError
     from .report import Reporter
 
     reporter = Reporter(quiet=quiet)
@@ -309,7 +310,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         quiet: QuietOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
-        from .pipeline import ModelOptions, RunOptions, run
+        from .pipeline import run
+        from .planning import ModelOptions, RunOptions
 
         if fmt not in ("csv", "jsonl"):
             raise _fail(f"--format {fmt!r}: use csv or jsonl", 2)
@@ -407,7 +409,7 @@ def eval_command(
     def action(reporter: Any) -> int:
         from . import evaluate
         from .model import WinClip
-        from .pipeline import (
+        from .planning import (
             ModelOptions,
             UsageError,
             check_class_name,

@@ -1,0 +1,365 @@
+"""Everything checked before the model is loaded: options, inputs, references, outputs.
+
+A mistake found here is a UsageError (exit 2) that costs no model time, and nothing has
+been written yet: ``plan`` turns the options into a Plan, or refuses them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
+from .data import ImageReadError, InputImage, find_images, open_image
+from .outputs import (
+    FileBusyError,
+    RowsFile,
+    columns,
+    label,
+    output_name,
+    read_finished_rows,
+)
+from .prompts import PromptSet, clean_class_name, load_prompt_file
+
+DEFAULT_OUT_DIR = Path("winclip-out")
+DEFAULT_K = 4  # reference images taken from a --ref folder
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: exit 2, nothing scored."""
+
+
+@dataclass
+class ModelOptions:
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
+    weights: Path | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    prompts: Path | None = None
+    temperature: float | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass
+class RunOptions:
+    inputs: list[Path] = field(default_factory=lambda: [Path(".")])
+    class_name: str = "object"
+    maps: bool = False  # segment / fewshot: an overlay per image
+    require_ref: bool = False  # fewshot
+    ref: Path | None = None  # folder of normal images, or a saved bank file
+    k: int | None = None  # references to use from a --ref folder (default DEFAULT_K)
+    seed: int | None = None
+    save_bank: Path | None = None
+    out_dir: Path = DEFAULT_OUT_DIR
+    save_maps: bool = False
+    batch_size: int = 8
+    workers: int | None = None
+    output: str | None = None
+    fmt: str = "csv"
+    threshold: float | None = None
+    fail_on_anomaly: bool = False
+    resume: bool = False
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+
+@dataclass
+class Plan:
+    """What was checked before the model is loaded."""
+
+    images: list[InputImage]
+    prompts: PromptSet
+    ref_images: list[InputImage]  # the K references, all readable
+    ref_skipped: list[str]  # why unreadable references were passed over
+    bank: Any  # a ReferenceBank read from --ref FILE, or None
+    cols: list[str]
+    done: dict[str, dict[str, str]]  # --resume: path -> row already in the output file
+    rows_file: RowsFile | None  # -o FILE, locked; None for stdout
+
+
+def check_writable_file(path: Path) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a folder, not a file")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The folder exists and is writable, or can be created: checked, not created, so a
+    run that stops early leaves no empty folder behind."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create output folder {out_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"cannot write to output folder {out_dir}: permission denied")
+
+
+def _read_bank_file(path: Path) -> Any:
+    from .cache import BankFileError, load_bank
+
+    try:
+        return load_bank(path)
+    except BankFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _first_readable(candidates: list[InputImage], k: int) -> tuple[list[InputImage], list[str]]:
+    """The first k decodable references (no model needed), and why others were skipped."""
+    chosen: list[InputImage] = []
+    skipped: list[str] = []
+    for image in candidates:
+        if len(chosen) == k:
+            break
+        try:
+            open_image(image.path)
+            chosen.append(image)
+        except ImageReadError as exc:
+            skipped.append(f"reference {image.display} skipped: {exc}")
+    return chosen, skipped
+
+
+def check_class_name(class_name: str) -> None:
+    try:
+        clean_class_name(class_name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def check_model_options(model: ModelOptions) -> PromptSet:
+    """Model options that can be checked without loading it; returns the prompt set."""
+    from .backbone import resolve_device, resolve_precision
+    from .model import MIN_TEMPERATURE
+    from .prompts import PromptFileError
+
+    if model.temperature is not None and not (MIN_TEMPERATURE <= model.temperature < math.inf):
+        raise UsageError(f"--temperature must be a positive number (at least {MIN_TEMPERATURE:g})")
+    if model.weights is not None and not model.weights.is_file():
+        raise UsageError(f"weights file not found: {model.weights}")
+    try:
+        resolve_precision(model.precision, resolve_device(model.device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if model.prompts is None:
+        return PromptSet()
+    try:
+        return load_prompt_file(model.prompts)
+    except PromptFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _check_numbers(opts: RunOptions) -> None:
+    check_class_name(opts.class_name)
+    if opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if opts.workers is not None and opts.workers < 0:
+        raise UsageError("--workers must be 0 or more")
+    if opts.threshold is not None and not math.isfinite(opts.threshold):
+        raise UsageError("--threshold must be a number (scores lie in 0..1)")
+    if opts.fail_on_anomaly and opts.threshold is None:
+        raise UsageError("--fail-on-anomaly needs --threshold")
+    if opts.require_ref and opts.ref is None:
+        raise UsageError("fewshot needs --ref (a folder of normal images, or a bank file)")
+    if opts.ref is None and (opts.k is not None or opts.seed is not None):
+        raise UsageError("--k and --seed choose reference images: they need --ref")
+    if opts.k is not None and opts.k < 1:
+        raise UsageError("--k must be at least 1")
+    if opts.resume and opts.output in (None, "-"):
+        raise UsageError("--resume needs -o FILE (the file to continue)")
+    if opts.output in (None, "-") and sys.stdout is None:
+        raise UsageError("stdout is closed: give -o FILE for the rows")
+
+
+def _plan_references(opts: RunOptions) -> tuple[list[InputImage], list[str], Any]:
+    """The K readable reference images (folder) or the bank (file): (images, skipped, bank)."""
+    if opts.ref is None:
+        return [], [], None
+    if opts.ref.is_file():
+        bank = _read_bank_file(opts.ref)
+        if opts.seed is not None:
+            raise UsageError(f"--seed picks images from a folder; --ref {opts.ref} is a bank")
+        if opts.k is not None and opts.k != bank.num_images:
+            raise UsageError(
+                f"--ref {opts.ref} holds {bank.num_images} reference image(s), not --k {opts.k}"
+            )
+        return [], [], bank
+    if not opts.ref.is_dir():
+        raise UsageError(f"--ref {opts.ref}: no such folder or bank file")
+    k = DEFAULT_K if opts.k is None else opts.k
+    candidates = find_images([opts.ref])
+    if len(candidates) < k:
+        raise UsageError(f"--ref {opts.ref} has {len(candidates)} image(s), --k {k} needs {k}")
+    if opts.seed is not None:
+        random.Random(opts.seed).shuffle(candidates)
+    chosen, skipped = _first_readable(candidates, k)
+    if len(chosen) < k:
+        raise UsageError(
+            f"--ref {opts.ref} has only {len(chosen)} readable image(s), --k {k} needs {k}"
+        )
+    return chosen, skipped, None
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def _find_inputs(opts: RunOptions) -> list[InputImage]:
+    """The images to score. The walk never enters the output folder (a second run must
+    not score the first one's overlays) or the --ref folder; an input folder inside one of
+    them is refused with the reason, rather than "no images found"."""
+    exclude: list[Path] = []
+    roots = [p for p in opts.inputs if p.is_dir()]
+    if opts.ref is not None and opts.ref.is_dir():
+        if inside := [r for r in roots if _is_within(r, opts.ref)]:
+            raise UsageError(f"{inside[0]} is (in) the --ref folder: references are not scored")
+        exclude.append(opts.ref)
+    inside = [r for r in roots if _is_within(r, opts.out_dir)]
+    if inside and opts.maps:
+        raise UsageError(
+            f"{inside[0]} is (in) the output folder --out {opts.out_dir}: overlays would "
+            "mix with the images; choose another --out"
+        )
+    if not inside:  # score makes no overlays: then a folder named as input is read
+        exclude.append(opts.out_dir)
+    try:
+        images = find_images(opts.inputs, exclude=exclude)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    if not images:
+        raise UsageError("no images found in " + ", ".join(str(p) for p in opts.inputs))
+    return images
+
+
+def refuse_overwriting(
+    option: str, target: Path | None, files: list[Path], folders: list[Path] = ()
+) -> None:
+    """UsageError when writing ``target`` would destroy one of the run's inputs: one of
+    ``files`` (the same file under any name) or an existing file in one of ``folders``."""
+    if target is None or not target.exists():
+        return
+    st = os.stat(target)
+    same = next((f for f in files if _same_file(f, st)), None)
+    if same is None:
+        same = next((d for d in folders if _is_within(target, d)), None)
+    if same is not None:
+        raise UsageError(f"{option} {target} would overwrite an input of this run ({same})")
+
+
+def _same_file(path: Path, target: os.stat_result) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+
+
+def _check_not_clobbering(
+    opts: RunOptions, images: list[InputImage], refs: list[InputImage]
+) -> None:
+    """Nothing the run writes may be something it reads (an image, a reference, the bank,
+    the weights, the prompt file, the model's folder) or another of its outputs."""
+    output = None if opts.output in (None, "-") else Path(opts.output)  # type: ignore[arg-type]
+    both = output is not None and opts.save_bank is not None
+    if both and os.path.abspath(output) == os.path.abspath(opts.save_bank):  # type: ignore[arg-type]
+        raise UsageError("-o and --save-bank name the same file")
+    m = opts.model
+    files = [x.path for x in (*images, *refs)]
+    files += [p for p in (opts.ref, m.weights, m.prompts) if p is not None]
+    folders = [Path(m.model[len(LOCAL_DIR) :])] if m.model.startswith(LOCAL_DIR) else []
+    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
+        refuse_overwriting(option, target, files, folders)
+    if not opts.maps:
+        return
+    if opts.ref is not None and opts.ref.is_dir() and _is_within(opts.out_dir, opts.ref):
+        raise UsageError(
+            f"--out {opts.out_dir} is in the --ref folder: overlays would become references"
+        )
+    suffixes = [".png", ".npy"] if opts.save_maps else [".png"]
+    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
+        if target is None or not _is_within(target, opts.out_dir):
+            continue
+        mine = os.path.abspath(target)
+        for image in images:
+            if any(
+                os.path.abspath(output_name(opts.out_dir, image.relative, x)) == mine
+                for x in suffixes
+            ):
+                raise UsageError(
+                    f"{option} {target} is the name of {image.display}'s overlay or map"
+                )
+
+
+def _read_resume(opts: RunOptions, cols: list[str]) -> dict[str, dict[str, str]]:
+    """Rows already in -o FILE (--resume), by real path; refuses a file whose labels
+    disagree with this run's --threshold (the file would contradict itself)."""
+    out = Path(opts.output)  # type: ignore[arg-type]
+    if not (opts.resume and out.is_file()):
+        return {}
+    try:
+        rows = read_finished_rows(out, opts.fmt, cols)
+    except ValueError as exc:
+        raise UsageError(f"cannot resume: {exc}") from exc
+    if "label" in cols:
+        for row in rows:
+            score = float(row["score"]) if row.get("score") not in (None, "") else None
+            if row["label"] != label(score, opts.threshold):
+                raise UsageError(
+                    f"cannot resume: {out} was labelled with another --threshold "
+                    f"({row['path']} is {row['label']!r} at {row['score']}); "
+                    "resume with the first run's --threshold"
+                )
+    return {resume_key(row["path"]): row for row in rows}
+
+
+def resume_key(path: str) -> str:
+    """Rows match inputs by real path, so `./a.png`, `a.png` and `/abs/a.png` are one."""
+    return os.path.realpath(path)
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Validate everything that can be validated without the model (exit 2 on failure)."""
+    _check_numbers(opts)
+    prompts = check_model_options(opts.model)
+    ref_images, skipped, bank = _plan_references(opts)
+    if opts.save_bank is not None:
+        if opts.ref is None:
+            raise UsageError("--save-bank needs --ref (the folder of normal images)")
+        if bank is not None:
+            raise UsageError("--save-bank needs --ref to be a folder of images, not a bank")
+        check_writable_file(opts.save_bank)
+    if opts.maps:
+        _check_out_dir(opts.out_dir)
+    images = _find_inputs(opts)
+    _check_not_clobbering(opts, images, ref_images)
+    cols = columns(opts.maps, opts.maps and opts.save_maps, opts.threshold)
+    if opts.output in (None, "-"):
+        return Plan(images, prompts, ref_images, skipped, bank, cols, {}, None)
+    output = Path(opts.output)  # type: ignore[arg-type]
+    check_writable_file(output)
+    try:
+        rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
+    except FileBusyError as exc:
+        raise UsageError(f"{exc}: wait for it, or write to another file") from exc
+    try:
+        done = _read_resume(opts, cols)
+        if done and not any(resume_key(im.display) in done for im in images):
+            raise UsageError(
+                f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "
+                "of this run (other inputs, or relative paths from another folder?)"
+            )
+    except BaseException:
+        rows_file.release()
+        raise
+    return Plan(images, prompts, ref_images, skipped, bank, cols, done, rows_file)
