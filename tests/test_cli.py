@@ -564,6 +564,21 @@ def test_weights_that_give_nan_make_error_rows_not_a_crash(tiny, tmp_path):
     assert_no_traceback(result)
 
 
+def test_a_damaged_logit_scale_exits_4_and_temperature_gets_round_it(tiny, tmp_path):
+    import torch
+
+    folder = tmp_path / "bad-scale"
+    shutil.copytree(tiny["local_dir"].removeprefix("local-dir:"), folder)
+    state = torch.load(folder / "open_clip_pytorch_model.bin", weights_only=True)
+    state["logit_scale"] = torch.tensor(float("nan"))
+    torch.save(state, folder / "open_clip_pytorch_model.bin")
+    args = ["score", PARTS / "good", "--model", f"local-dir:{folder}", "--workers", "0"]
+    result = run_runner(args)
+    assert result.code == 4 and "--temperature" in result.stderr, result.stderr
+    assert_no_traceback(result)
+    assert run_runner([*args, "--temperature", "0.07"]).code == 0
+
+
 def _wait_for_rows(path: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -749,6 +764,10 @@ def run_with_streams(args: Sequence[object], stdout: object, stderr: object) -> 
     return proc.returncode, proc.stderr or b""
 
 
+NO_DEV_FULL = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux /dev/full")
+
+
+@NO_DEV_FULL
 def test_rows_that_cannot_be_written_stop_the_run_with_exit_2(model):
     """stdout on a full disk (/dev/full): one line saying so, exit 2 (unusable output),
     not an 'internal error', and no second complaint when Python exits."""
@@ -768,6 +787,7 @@ def test_closed_stdout_is_a_usage_error(model, tmp_path):
     assert len(read_csv(rows.read_text())[1]) == 9
 
 
+@NO_DEV_FULL
 @pytest.mark.parametrize("stderr", ["closed", "/dev/full"])
 def test_messages_that_cannot_be_shown_change_nothing(model, tmp_path, stderr):
     """With stderr closed (`2>&-`) or full, the rows are the same, nothing but rows

@@ -795,3 +795,24 @@ def test_rows_file_named_like_an_overlay_is_refused(small_set, tmp_path):
     assert_usage_error(invoke([*args, "-o", str(out / f"{name}.png")], tmp_path), "overlay")
     maps = [*args, "--save-maps", "-o", str(out / f"{name}.npy")]
     assert_usage_error(invoke(maps, tmp_path), "overlay or map")
+
+
+def test_an_overlay_may_not_overwrite_an_input_file(tmp_path):
+    """`segment a.png a.png.png --out .`: a.png's overlay is named a.png.png, an input."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "a.png.png"):
+        Image.fromarray(smooth(24, 24, len(name))).save(folder / name)
+    before = (folder / "a.png.png").read_bytes()
+    files = [str(folder / "a.png"), str(folder / "a.png.png")]
+    args = ["segment", *files, "--model", BAD_MODEL, "--out", str(folder)]
+    assert_usage_error(invoke(args, tmp_path), "would overwrite the input")
+    assert (folder / "a.png.png").read_bytes() == before
+
+
+def test_messages_quoting_a_name_with_a_newline_stay_one_line(tmp_path):
+    from winclip_cli.report import Reporter
+
+    stream = io.StringIO()
+    Reporter(stream=stream).error("cannot resume: a\nb.png is 'normal'")
+    assert stream.getvalue().count("\n") == 1 and "a\\nb.png" in stream.getvalue()

@@ -212,7 +212,7 @@ def test_interrupt_then_resume(dataset, model_dir, reference, tmp_path, fmt, sig
 # in the middle of it; the worker must not then print a traceback. This cuts the
 # handshake on purpose, in a process set up as a worker and in a plain one (the control).
 CUT_HANDSHAKE = """
-import os, socket, sys, time
+import os, socket, sys
 from multiprocessing import resource_sharer
 from winclip_cli.data import _init_worker
 if sys.argv[1] == "worker":
@@ -222,7 +222,9 @@ resource_sharer.DupFd(read_end)  # starts the sharer's listening thread
 peer = socket.socket(socket.AF_UNIX)
 peer.connect(resource_sharer._resource_sharer._address)
 peer.close()  # as an interrupted main process does
-time.sleep(0.5)  # the listener fails now
+# A whole hand-over after it: the listener serves one connection at a time, so when this
+# returns it has dealt with the cut one (no sleeping and hoping).
+os.close(resource_sharer.DupFd(read_end).detach())
 """
 
 
@@ -339,23 +341,29 @@ def test_resume_of_a_finished_run_changes_nothing(dataset, model_dir, reference,
 
 
 def overlays_failing_at_the_third(folder: Path, monkeypatch, error: OSError) -> None:
-    """Six inputs in ``folder``; the third overlay write fails half way with ``error``."""
+    """Six inputs in ``folder``; writing the third one's overlay (p2.png) fails half way
+    with ``error``, leaving a partial temporary file for the writer to clean up."""
+    from winclip_cli import pipeline
+    from winclip_cli.cache import atomic_write
+
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(6):
         pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"p{i}.png")
-    real_save = Image.Image.save
-    calls = []
+    real_save = pipeline.save_png
 
-    def save_failing_third(self, fp, format=None, **params):
-        calls.append(fp)
-        if len(calls) == 3:
-            fp.write(b"\x89PNG\r\n\x1a\n half an image")
+    def save_failing_third(image, path):
+        if path.name != "p2.png.png":
+            return real_save(image, path)
+
+        def half_then_fail(handle):
+            handle.write(b"\x89PNG\r\n\x1a\n half an image")
             raise error
-        return real_save(self, fp, format, **params)
 
-    monkeypatch.setattr(Image.Image, "save", save_failing_third)
+        atomic_write(path, half_then_fail)
+
+    monkeypatch.setattr(pipeline, "save_png", save_failing_third)
 
 
 def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monkeypatch):
@@ -372,7 +380,7 @@ def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monk
     parsed = parse(rows, "csv")
     failed = [r for r in parsed if r["status"] == "error"]
     assert len(failed) == 1 and "overlay not written" in failed[0]["error"]
-    assert "File name too long" in failed[0]["error"]
+    assert "File name too long" in failed[0]["error"] and failed[0]["path"].endswith("p2.png")
     lost = out / (Path(failed[0]["path"]).name + ".png")
     assert not lost.exists(), "a half-written overlay under its final name"
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -395,8 +403,9 @@ def test_a_full_disk_stops_the_run_and_resume_finishes_it(model_dir, tmp_path, m
     monkeypatch.undo()
     assert code == 2, stderr
     assert "No space left" in stderr and "--resume" in stderr and stderr.count("\n") == 1
-    partial = parse(rows, "csv")  # the rows before the failed overlay (threads: 2 or more)
-    assert 2 <= len(partial) < 6 and all(r["status"] == "ok" for r in partial)
+    partial = parse(rows, "csv")  # the rows before the failed overlay, in input order
+    assert [Path(r["path"]).name for r in partial] == ["p0.png", "p1.png"]
+    assert all(r["status"] == "ok" for r in partial)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "a temporary file left"
     code, stderr = invoke([*args, "--resume"], tmp_path / "cache")
     assert code == 0, stderr
@@ -441,7 +450,7 @@ def test_resume_with_another_threshold_is_refused(few, model_dir, tmp_path):
     assert resumed == ["anomalous"] * 4
 
 
-def test_resume_matches_rows_by_the_real_path(few, model_dir, tmp_path, monkeypatch):
+def test_resume_matches_rows_by_the_absolute_path(few, model_dir, tmp_path, monkeypatch):
     """`few/0.png` written first, resumed as `./few/` or an absolute path: no duplicates."""
     monkeypatch.chdir(few.parent)
     rows = tmp_path / "rows.csv"
@@ -521,3 +530,70 @@ def test_a_run_that_fails_before_any_row_leaves_no_rows_file(few, tmp_path):
     code, stderr = invoke(args, tmp_path)
     assert code == 4, stderr
     assert not rows.exists()
+
+
+def test_resume_of_a_file_rewritten_whole_keeps_every_new_row(few, model_dir, tmp_path):
+    """A CSV with CRLF line ends (saved by another program) is rewritten whole when it
+    is repaired; the rows of the resumed run must go into the new file, not the old one."""
+    rows = tmp_path / "rows.csv"
+    args = ["score", str(few), "--model", model_dir, "-o", str(rows)]
+    code, stderr = invoke(args, tmp_path)
+    assert code == 0, stderr
+    lines = rows.read_text().splitlines()
+    rows.write_bytes(("\r\n".join(lines[:3]) + "\r\n").encode())
+    code, stderr = invoke([*args, "--resume"], tmp_path)
+    assert code == 0, stderr
+    assert [r["path"] for r in csv_rows(rows)] == [str(few / f"{i}.png") for i in range(4)]
+
+
+def test_two_names_of_one_file_are_two_inputs_on_resume(model_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (20, 16), (len(name), 40, 90)).save(folder / name)
+    (folder / "c.png").symlink_to(folder / "a.png")
+    rows = tmp_path / "rows.csv"
+    args = ["score", str(folder), "--model", model_dir, "-o", str(rows)]
+    code, stderr = invoke(args, tmp_path)
+    assert code == 0, stderr
+    rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:3]))  # a, b
+    code, stderr = invoke([*args, "--resume"], tmp_path)
+    assert code == 0, stderr
+    assert [Path(r["path"]).name for r in csv_rows(rows)] == ["a.png", "b.png", "c.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_rows_into_a_fifo(few, model_dir, tmp_path):
+    """-o to a FIFO (or /dev/stdout): written in place, nothing to lock or truncate."""
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+
+    def read() -> None:
+        with open(fifo, encoding="utf-8") as stream:
+            received.append(stream.read())
+
+    import threading
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    code, stderr = invoke(["score", str(few), "--model", model_dir, "-o", str(fifo)], tmp_path)
+    reader.join(timeout=60)
+    assert code == 0, stderr
+    assert received[0].count("\n") == 5  # header + 4 rows
+
+
+def test_a_filesystem_without_locks_still_gets_its_rows(few, model_dir, tmp_path, monkeypatch):
+    """NFS without lockd says ENOLCK: that is not "another run", the run goes on."""
+    import errno
+
+    from winclip_cli import outputs
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(outputs.fcntl, "flock", no_locks)
+    rows = tmp_path / "rows.csv"
+    code, stderr = invoke(["score", str(few), "--model", model_dir, "-o", str(rows)], tmp_path)
+    assert code == 0, stderr
+    assert len(csv_rows(rows)) == 4

@@ -83,6 +83,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
     """Run ``action(reporter)`` and turn every outcome into the documented exit code."""
     from .backbone import WeightsUnavailableError
+    from .outputs import discard_stdout
     from .pipeline import ExitCode, Interrupted
     from .planning import UsageError
     from .report import Reporter
@@ -102,7 +103,7 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
     except BrokenPipeError:
         # The reader went away (`winclip score ... | head`): stop quietly, like other
         # Unix tools killed by SIGPIPE; the remaining output has nowhere to go.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        discard_stdout()
         code = ExitCode.BROKEN_PIPE
     except (UsageError, DatasetError, PromptFileError, MissingDependencyError) as exc:
         reporter.error(str(exc))
@@ -117,7 +118,7 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
         if verbose:
             import traceback
 
-            traceback.print_exc()
+            traceback.print_exc(file=reporter.stream)  # never stdout, even with 2>&-
         reporter.error(f"internal error: {type(exc).__name__}: {exc} (--verbose shows details)")
         code = ExitCode.INTERNAL
     raise typer.Exit(int(code))

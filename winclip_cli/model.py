@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, Backbone, load_backbone
+from .backbone import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    Backbone,
+    WeightsUnavailableError,
+    load_backbone,
+)
 from .cache import ReferenceBank, TextEmbeddingCache
 from .imaging import Preprocessor
 from .prompts import PromptSet, clean_class_name
@@ -21,6 +27,20 @@ from .windows import harmonic_aggregate, window_indices
 DEFAULT_SCALES = (2, 3)
 # Below this every score is 0 or 1 anyway, and tau itself would underflow in fp32.
 MIN_TEMPERATURE = 1e-6
+
+
+def usable_temperature(value: float) -> bool:
+    return MIN_TEMPERATURE <= value < math.inf  # False for NaN too
+
+
+def check_temperature(value: float) -> None:
+    """ValueError unless ``value`` is a temperature the scores can be computed with."""
+    if not usable_temperature(value):
+        raise ValueError(
+            f"the temperature must be a positive number (at least {MIN_TEMPERATURE:g})"
+        )
+
+
 # Window sequences run in chunks of at most this many tokens. On a CPU small chunks keep
 # the working set in cache: for the default model, 1024 tokens ran 9% faster than 16384
 # and peaked 0.7 GB lower (benchmarks/run.py). A GPU wants large launches.
@@ -137,10 +157,16 @@ class WinClip:
         cpu = self.device.type == "cpu"
         self.window_token_budget = CPU_WINDOW_TOKENS if cpu else ACCELERATOR_WINDOW_TOKENS
         self.windows = {k: window_indices(*self.grid_size, k).to(self.device) for k in self.scales}
-        trained = 1.0 / float(backbone.clip.logit_scale.exp().item())
-        self.temperature = float(temperature) if temperature is not None else trained
-        if not MIN_TEMPERATURE <= self.temperature < math.inf:
-            raise ValueError(f"the temperature must be a number of at least {MIN_TEMPERATURE:g}")
+        if temperature is not None:
+            check_temperature(temperature)
+            self.temperature = float(temperature)
+        else:
+            self.temperature = 1.0 / float(backbone.clip.logit_scale.exp().item())
+            if not usable_temperature(self.temperature):
+                raise WeightsUnavailableError(
+                    f"the weights' logit_scale gives temperature {self.temperature!r} (damaged "
+                    "weights?); give one with --temperature"
+                )
         self.text_cache = TextEmbeddingCache(cache_dir)
         self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         blocks = self.visual.transformer.resblocks

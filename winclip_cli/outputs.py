@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
+
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows would write CRLF line ends otherwise
 
 FORMATS = ("csv", "jsonl")
 # Writing rows and file names with surrogateescape lets any OS file name round-trip.
@@ -259,6 +262,16 @@ def save_npy(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda f: np.save(f, array.astype(np.float32, copy=False)))
 
 
+def discard_stdout() -> None:
+    """Point stdout's descriptor at /dev/null: rows still buffered for a reader that went
+    away, or a full disk, would otherwise fail again, noisily, when Python exits."""
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def stdout_rows() -> IO[str]:
     """stdout as the row stream: bytes that are not UTF-8 in names pass through."""
     import sys
@@ -276,27 +289,65 @@ class FileBusyError(Exception):
 class RowsFile:
     """The -o file, held for the whole run by an exclusive advisory lock: a second run on
     the same file (an overlapping cron job) is refused, rather than both writing rows
-    into it. Opened without truncating: a refused run leaves the file as it was."""
+    into it. Opened without truncating: a refused run leaves the file as it was.
+
+    A FIFO or device (`-o /dev/stdout`) is just opened for writing: nothing to lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.created = not path.exists()
-        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        self.fd: int | None = None
+        try:
+            special = not stat.S_ISREG(os.stat(path).st_mode)
+        except FileNotFoundError:
+            special = False
+        self.regular = not special
+        if special:
+            self.created = False
+            self.fd = os.open(path, os.O_WRONLY | _BINARY)
+            return
+        for _attempt in range(5):
+            self.created = not path.exists()
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
+            self._lock()
+            if self._still_the_file():
+                return
+            # Removed or replaced between open and lock (a run that failed before
+            # writing removes the file it created): hold the file now at the path.
+            os.close(self.fd)
+        raise FileBusyError(f"{path} keeps being replaced by another program")
+
+    def _lock(self) -> None:
         if fcntl is None:  # Windows: no flock; runs on one file are the user's to keep apart
             return
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self.fd)
+        except BlockingIOError as exc:
+            os.close(self.fd)  # type: ignore[arg-type]
             self.fd = None
-            raise FileBusyError(f"{path} is being written by another winclip run") from exc
+            raise FileBusyError(f"{self.path} is being written by another winclip run") from exc
+        except OSError:  # no locking on this filesystem (NFS without lockd, some FUSE)
+            pass
+
+    def _still_the_file(self) -> bool:
+        try:
+            return os.path.samestat(os.fstat(self.fd), os.stat(self.path))  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return False
+
+    def follow(self) -> None:
+        """Hold the file at the path again after it was replaced whole (a resume repair
+        of a file this version did not write)."""
+        if self.regular and not self._still_the_file():
+            os.close(self.fd)  # type: ignore[arg-type]
+            self.fd = os.open(self.path, os.O_RDWR | _BINARY)
+            self._lock()
 
     def stream(self, append: bool) -> IO[str]:
         """The row stream on the held file: at its end (append) or emptied first."""
         assert self.fd is not None
-        if append:
+        if self.regular and append:
             os.lseek(self.fd, 0, os.SEEK_END)
-        else:
+        elif self.regular:
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
         return open(
@@ -307,9 +358,8 @@ class RowsFile:
         """Unlock; a file this run created and never wrote to is removed again."""
         if self.fd is None:
             return
-        try:
-            if self.created and os.fstat(self.fd).st_size == 0:
-                self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.fd)
-            self.fd = None
+        empty = self.created and os.fstat(self.fd).st_size == 0
+        os.close(self.fd)  # first: Windows can't remove an open file
+        self.fd = None
+        if empty:
+            self.path.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from .data import ImageReadError, InputImage, batches, open_image
 from .outputs import (
     Row,
     RowWriter,
+    discard_stdout,
     is_anomalous,
     output_name,
     render_overlay,
@@ -229,30 +230,23 @@ def _execute(plan_: Plan, opts: RunOptions, reporter: Reporter, model: Any) -> E
             _score_all(wc, text, bank, todo, opts, plan_, tally, section, reporter)
         except Interrupted as stop:
             reporter.stop()
-            reporter.error(
-                f"interrupted: {tally.ok + tally.errors} row(s) written are complete"
-                + (
-                    f"; continue with --resume -o {opts.output}"
-                    if opts.output not in (None, "-")
-                    else ""
-                )
-            )
+            done = tally.ok + tally.errors
+            reporter.error(f"interrupted: {done} row(s) written are complete{opts.resume_hint}")
             return ExitCode(stop.code)
     return tally.exit_code(opts.fail_on_anomaly)
 
 
 @contextmanager
-def _writing_rows(output: str | None) -> Iterator[None]:
+def _writing_rows(opts: RunOptions) -> Iterator[None]:
     """A row that can't be written (disk full, I/O error) stops the run: exit 2, one line."""
     try:
         yield
     except BrokenPipeError:
         raise
     except OSError as exc:
-        to_stdout = output in (None, "-")
-        if to_stdout:  # what is still buffered would fail again, noisily, at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        where = "stdout" if to_stdout else output
+        if opts.to_stdout:  # what is still buffered would fail again, noisily, at exit
+            discard_stdout()
+        where = "stdout" if opts.to_stdout else opts.output
         raise UsageError(f"cannot write rows to {where}: {exc.strerror or exc}") from exc
 
 
@@ -268,7 +262,7 @@ def _score_all(
     reporter: Reporter,
 ) -> None:
     appending = opts.resume and bool(plan_.done)
-    with _writing_rows(opts.output):
+    with _writing_rows(opts):
         rows_file = plan_.rows_file
         stream = rows_file.stream(appending) if rows_file is not None else stdout_rows()
         writer = RowWriter(stream, opts.fmt, plan_.cols, opts.threshold, header=not appending)
@@ -289,13 +283,13 @@ def _score_all(
                 except (ImageReadError, OSError) as exc:
                     if getattr(exc, "errno", None) in DISK_FULL:  # every next image would fail
                         raise UsageError(
-                            f"cannot write to --out {opts.out_dir}: {exc.strerror}; make room, "
-                            f"then continue with --resume"
+                            f"cannot write to --out {opts.out_dir}: {exc.strerror}"
+                            + (f"; make room{opts.resume_hint}" if opts.resume_hint else "")
                         ) from exc
                     # An error row has no score: this one could not be delivered whole.
                     row.status, row.error = "error", f"overlay not written: {exc}"
                     row.score = row.map_max = None
-            with critical(section), _writing_rows(opts.output):
+            with critical(section), _writing_rows(opts):
                 writer.write(row)
                 pending.popleft()
                 tally.add(row.status, row.score, opts.threshold)
@@ -341,7 +335,7 @@ def _score_all(
         pool.shutdown(wait=True, cancel_futures=True)
         reporter.stop()
         if stream is not sys.stdout:
-            with _writing_rows(opts.output):
+            with _writing_rows(opts):
                 stream.close()
     elapsed = time.perf_counter() - started
     count = len(todo)

@@ -67,6 +67,16 @@ class RunOptions:
     resume: bool = False
     model: ModelOptions = field(default_factory=ModelOptions)
 
+    @property
+    def to_stdout(self) -> bool:
+        """Rows go to stdout (no -o, or -o -)."""
+        return self.output in (None, "-")
+
+    @property
+    def resume_hint(self) -> str:
+        """How to continue this run later, for messages ('' when rows go to stdout)."""
+        return "" if self.to_stdout else f"; continue with --resume -o {self.output}"
+
 
 @dataclass
 class Plan:
@@ -83,12 +93,17 @@ class Plan:
 
 
 def check_writable_file(path: Path) -> None:
+    """UsageError unless ``path`` can be written (and replaced, when a regular file)."""
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UsageError(f"output {path} is a folder, not a file")
     if not folder.is_dir():
         raise UsageError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if path.exists() and not path.is_file():  # a FIFO or device (/dev/stdout): written in place
+        writable = os.access(path, os.W_OK)
+    else:
+        writable = os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if not writable:
         raise UsageError(f"cannot write {path}: permission denied")
 
 
@@ -138,11 +153,14 @@ def check_class_name(class_name: str) -> None:
 def check_model_options(model: ModelOptions) -> PromptSet:
     """Model options that can be checked without loading it; returns the prompt set."""
     from .backbone import resolve_device, resolve_precision
-    from .model import MIN_TEMPERATURE
+    from .model import check_temperature
     from .prompts import PromptFileError
 
-    if model.temperature is not None and not (MIN_TEMPERATURE <= model.temperature < math.inf):
-        raise UsageError(f"--temperature must be a positive number (at least {MIN_TEMPERATURE:g})")
+    if model.temperature is not None:
+        try:
+            check_temperature(model.temperature)
+        except ValueError as exc:
+            raise UsageError(f"--temperature: {exc}") from exc
     if model.weights is not None and not model.weights.is_file():
         raise UsageError(f"weights file not found: {model.weights}")
     try:
@@ -173,9 +191,9 @@ def _check_numbers(opts: RunOptions) -> None:
         raise UsageError("--k and --seed choose reference images: they need --ref")
     if opts.k is not None and opts.k < 1:
         raise UsageError("--k must be at least 1")
-    if opts.resume and opts.output in (None, "-"):
+    if opts.resume and opts.to_stdout:
         raise UsageError("--resume needs -o FILE (the file to continue)")
-    if opts.output in (None, "-") and sys.stdout is None:
+    if opts.to_stdout and sys.stdout is None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
 
 
@@ -270,7 +288,7 @@ def _check_not_clobbering(
 ) -> None:
     """Nothing the run writes may be something it reads (an image, a reference, the bank,
     the weights, the prompt file, the model's folder) or another of its outputs."""
-    output = None if opts.output in (None, "-") else Path(opts.output)  # type: ignore[arg-type]
+    output = None if opts.to_stdout else Path(opts.output)  # type: ignore[arg-type]
     both = output is not None and opts.save_bank is not None
     if both and os.path.abspath(output) == os.path.abspath(opts.save_bank):  # type: ignore[arg-type]
         raise UsageError("-o and --save-bank name the same file")
@@ -287,29 +305,28 @@ def _check_not_clobbering(
             f"--out {opts.out_dir} is in the --ref folder: overlays would become references"
         )
     suffixes = [".png", ".npy"] if opts.save_maps else [".png"]
+    written = {
+        os.path.abspath(output_name(opts.out_dir, image.relative, suffix)): image
+        for image in images
+        for suffix in suffixes
+    }
     for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
-        if target is None or not _is_within(target, opts.out_dir):
-            continue
-        mine = os.path.abspath(target)
-        for image in images:
-            if any(
-                os.path.abspath(output_name(opts.out_dir, image.relative, x)) == mine
-                for x in suffixes
-            ):
-                raise UsageError(
-                    f"{option} {target} is the name of {image.display}'s overlay or map"
-                )
+        if target is not None and (image := written.get(os.path.abspath(target))):
+            raise UsageError(f"{option} {target} is the name of {image.display}'s overlay or map")
+    inputs = {os.path.abspath(path) for path in files}
+    if clash := next((path for path in written if path in inputs), None):
+        raise UsageError(f"--out {opts.out_dir}: an overlay would overwrite the input {clash}")
 
 
 def _read_resume(opts: RunOptions, cols: list[str]) -> dict[str, dict[str, str]]:
-    """Rows already in -o FILE (--resume), by real path; refuses a file whose labels
+    """Rows already in -o FILE (--resume), by absolute path; refuses a file whose labels
     disagree with this run's --threshold (the file would contradict itself)."""
     out = Path(opts.output)  # type: ignore[arg-type]
     if not (opts.resume and out.is_file()):
         return {}
     try:
         rows = read_finished_rows(out, opts.fmt, cols)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise UsageError(f"cannot resume: {exc}") from exc
     if "label" in cols:
         for row in rows:
@@ -324,8 +341,9 @@ def _read_resume(opts: RunOptions, cols: list[str]) -> dict[str, dict[str, str]]
 
 
 def resume_key(path: str) -> str:
-    """Rows match inputs by real path, so `./a.png`, `a.png` and `/abs/a.png` are one."""
-    return os.path.realpath(path)
+    """Rows match inputs by absolute path, so `./a.png`, `a.png` and `/abs/a.png` are one;
+    symbolic links are not resolved: two names of one file are two inputs, two rows."""
+    return os.path.abspath(path)
 
 
 def plan(opts: RunOptions) -> Plan:
@@ -344,7 +362,7 @@ def plan(opts: RunOptions) -> Plan:
     images = _find_inputs(opts)
     _check_not_clobbering(opts, images, ref_images)
     cols = columns(opts.maps, opts.maps and opts.save_maps, opts.threshold)
-    if opts.output in (None, "-"):
+    if opts.to_stdout:
         return Plan(images, prompts, ref_images, skipped, bank, cols, {}, None)
     output = Path(opts.output)  # type: ignore[arg-type]
     check_writable_file(output)
@@ -354,6 +372,7 @@ def plan(opts: RunOptions) -> Plan:
         raise UsageError(f"{exc}: wait for it, or write to another file") from exc
     try:
         done = _read_resume(opts, cols)
+        rows_file.follow()  # a repair may have replaced the file
         if done and not any(resume_key(im.display) in done for im in images):
             raise UsageError(
                 f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "

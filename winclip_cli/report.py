@@ -8,6 +8,11 @@ import sys
 from typing import Any
 
 
+def _one_line(message: str) -> str:
+    """A warning or error is one line, even when it quotes a file name with a newline."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class MessageStream:
     """A stream for messages that never fails: a message that can't be shown (stderr
     closed, on a full disk) must not change a run's rows or exit code."""
@@ -53,12 +58,12 @@ class Reporter:
         if not self.quiet:
             from rich.markup import escape
 
-            self.console.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
+            self.console.print(f"[yellow]warning:[/] {escape(_one_line(message))}", markup=True)
 
     def error(self, message: str) -> None:
         from rich.markup import escape
 
-        self.console.print(f"[red]error:[/] {escape(message)}", markup=True)
+        self.console.print(f"[red]error:[/] {escape(_one_line(message))}", markup=True)
 
     def info(self, message: str) -> None:
         if not self.quiet:
