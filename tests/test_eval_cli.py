@@ -88,6 +88,18 @@ def test_eval_outputs_may_not_overwrite_the_dataset(tmp_path):
         result = runner.invoke(app, ["eval", str(root), "--model", "x", option, str(image)])
         assert result.exit_code == 2 and "would overwrite an input" in result.stderr
     assert image.read_bytes() == before
+    # An earlier eval's results kept in the dataset folder are outputs, not data.
+    (root / "results.json").write_text("{}")
+    args = [
+        "eval",
+        str(root),
+        "--model",
+        "local-dir:/nowhere",
+        "--json",
+        str(root / "results.json"),
+    ]
+    result = runner.invoke(app, args)
+    assert "would overwrite" not in result.stderr and result.exit_code == 4, result.stderr
 
 
 def test_eval_json_to_stdout(tmp_path, tiny, cache_dir):
@@ -98,3 +110,14 @@ def test_eval_json_to_stdout(tmp_path, tiny, cache_dir):
     figures = json.loads(result.stdout)
     assert set(figures["categories"]) == {"bottle"}
     assert not (tmp_path / "-").exists()
+
+
+def test_eval_json_may_not_replace_the_visa_split(tmp_path):
+    from tests.test_evaluate import make_visa
+
+    root = make_visa(tmp_path / "visa")
+    split = root / "split_csv" / "1cls.csv"
+    before = split.read_bytes()
+    result = runner.invoke(app, ["eval", str(root), "--model", "x", "--json", str(split)])
+    assert result.exit_code == 2 and "would overwrite an input" in result.stderr
+    assert split.read_bytes() == before

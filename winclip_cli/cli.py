@@ -431,7 +431,9 @@ def eval_command(
             if path is not None and str(path) != "-":
                 check_writable_file(path)
                 inputs = [p for p in (weights, prompts) if p is not None]
-                refuse_overwriting(option, path, inputs, [root])  # a mask, an image, a split CSV
+                if evaluate.is_dataset_file(root, path):
+                    inputs.append(path)
+                refuse_overwriting(option, path, inputs)
         both = json_path is not None and scores is not None
         if both and os.path.abspath(json_path) == os.path.abspath(scores):  # type: ignore[arg-type]
             raise UsageError("--json and --scores name the same file")

@@ -227,6 +227,19 @@ def _select(available: Sequence[str], categories: Sequence[str] | None, root: Pa
     return list(dict.fromkeys(categories))
 
 
+def is_dataset_file(root: Path, path: Path) -> bool:
+    """Whether ``path`` is part of the dataset under ``root``: an image, a mask or the
+    VisA split CSV. Results of an earlier eval kept there (`--json data/results.json`)
+    are not."""
+    try:
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root.resolve()):
+            return False
+        return path.suffix.lower() in IMAGE_EXTENSIONS or resolved == (root / VISA_CSV).resolve()
+    except OSError:
+        return False
+
+
 def discover(
     root: str | os.PathLike[str], layout: str = "auto", categories: Sequence[str] | None = None
 ) -> list[CategoryData]:
