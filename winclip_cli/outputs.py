@@ -7,6 +7,7 @@ import io
 import json
 import os
 import stat
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,8 +266,6 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 def discard_stdout() -> None:
     """Point stdout's descriptor at /dev/null: rows still buffered for a reader that went
     away, or a full disk, would otherwise fail again, noisily, when Python exits."""
-    import sys
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
@@ -274,8 +273,6 @@ def discard_stdout() -> None:
 
 def stdout_rows() -> IO[str]:
     """stdout as the row stream: bytes that are not UTF-8 in names pass through."""
-    import sys
-
     stream = sys.stdout
     if hasattr(stream, "reconfigure"):
         stream.reconfigure(errors=ENCODING_ERRORS)

@@ -277,10 +277,9 @@ def refuse_overwriting(
 
 def _same_file(path: Path, target: os.stat_result) -> bool:
     try:
-        st = os.stat(path)
+        return os.path.samestat(os.stat(path), target)
     except OSError:
         return False
-    return (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
 
 
 def _check_not_clobbering(
