@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 
@@ -104,3 +105,20 @@ def test_a_torn_last_row_is_cut_off_in_place(tmp_path):
     assert [r["path"] for r in rows] == ["a.png"]
     assert path.read_text() == "path,score,status,error\na.png,0.5,ok,\n"
     assert path.stat().st_ino == inode
+
+
+def test_resume_reads_a_carriage_return_in_a_name_as_written(tmp_path):
+    """The file is read as bytes: text mode turned the quoted '\\r' of a name into '\\n',
+    so the row no longer matched its image, and the repair wrote the corruption back."""
+    from winclip_cli.outputs import Row, RowWriter, columns
+
+    cols = columns(False, False, None)
+    buffer = io.StringIO()
+    writer = RowWriter(buffer, "csv", cols, None)
+    writer.write(Row("/in/a\rb.png", 0.5))
+    writer.write(Row("/in/c.png", 0.25))
+    path = tmp_path / "rows.csv"
+    path.write_bytes(buffer.getvalue().encode()[:-3])  # the last row torn
+    rows = read_finished_rows(path, "csv", cols)
+    assert [r["path"] for r in rows] == ["/in/a\rb.png"]
+    assert b'"/in/a\rb.png"' in path.read_bytes()

@@ -136,7 +136,8 @@ class RowWriter:
 def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, str]]:
     """Rows already in an output file, for --resume; a torn last row is dropped and the
     file rewritten without it. Raises ValueError when the file is of another shape."""
-    text = path.read_text(encoding="utf-8", errors=ENCODING_ERRORS)
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors=ENCODING_ERRORS)
     if not text:
         return []
     rows: list[dict[str, Any]] = []
@@ -168,11 +169,14 @@ def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, 
         if body and (not text.endswith("\n") or len(body[-1]) != len(cols)):
             body = body[:-1]  # torn by a crash mid-write
         rows = [dict(zip(cols, r, strict=False)) for r in body if len(r) == len(cols)]
-    _rewrite(path, fmt, cols, rows)
+    _rewrite(path, raw, fmt, cols, rows)
     return rows
 
 
-def _rewrite(path: Path, fmt: str, cols: list[str], rows: list[dict[str, Any]]) -> None:
+def _rewrite(
+    path: Path, old: bytes, fmt: str, cols: list[str], rows: list[dict[str, Any]]
+) -> None:
+    """Make the file at ``path`` (whose bytes are ``old``) hold exactly ``rows``."""
     buffer = io.StringIO()
     if fmt == "csv":
         buffer.write(csv_line(cols))
@@ -180,7 +184,6 @@ def _rewrite(path: Path, fmt: str, cols: list[str], rows: list[dict[str, Any]]) 
     else:
         buffer.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     data = buffer.getvalue().encode("utf-8", errors=ENCODING_ERRORS)
-    old = path.read_bytes()
     if data == old:
         return
     if old.startswith(data):  # a torn last row: cut it off in place (the run's lock stays)
