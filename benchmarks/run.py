@@ -81,7 +81,7 @@ def pipeline_rates(wc, count: int, batch: int) -> dict[str, float]:
     overlays) through the same pipeline as the CLI, model already loaded."""
     from winclip_cli.pipeline import run
     from winclip_cli.planning import RunOptions
-    from winclip_cli.report import Reporter
+    from winclip_cli.progress import Reporter
 
     sources = sorted((ROOT / "sample_data" / "parts").rglob("*.jpg"))
     rates = {}

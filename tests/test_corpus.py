@@ -811,7 +811,7 @@ def test_an_overlay_may_not_overwrite_an_input_file(tmp_path):
 
 
 def test_messages_quoting_a_name_with_a_newline_stay_one_line(tmp_path):
-    from winclip_cli.report import Reporter
+    from winclip_cli.progress import Reporter
 
     stream = io.StringIO()
     Reporter(stream=stream).error("cannot resume: a\nb.png is 'normal'")

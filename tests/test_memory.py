@@ -19,7 +19,7 @@ from PIL import Image
 
 from winclip_cli import pipeline, planning
 from winclip_cli.outputs import RowWriter
-from winclip_cli.report import Reporter
+from winclip_cli.progress import Reporter
 
 COUNT = 200
 EARLY = 50

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from winclip_cli.pipeline import ExitCode, run
 from winclip_cli.planning import ModelOptions, RunOptions
-from winclip_cli.report import Reporter
+from winclip_cli.progress import Reporter
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data" / "parts" / "good"
 

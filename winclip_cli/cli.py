@@ -74,7 +74,7 @@ def _output(value: str | Path) -> str:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    from .report import Reporter
+    from .progress import Reporter
 
     Reporter().error(message)
     return typer.Exit(code)
@@ -86,7 +86,7 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
     from .outputs import discard_stdout
     from .pipeline import ExitCode, Interrupted
     from .planning import UsageError
-    from .report import Reporter
+    from .progress import Reporter
 
     reporter = Reporter(quiet=quiet)
     from .evaluate import DatasetError

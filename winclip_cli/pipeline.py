@@ -35,7 +35,7 @@ from .outputs import (
 )
 from .planning import Plan, RunOptions, UsageError, plan, resume_key
 from .prompts import PromptSet
-from .report import Reporter
+from .progress import Reporter
 
 # Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
 MAX_PENDING_IMAGES = 16
