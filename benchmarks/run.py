@@ -80,7 +80,7 @@ def pipeline_rates(wc, count: int, batch: int) -> dict[str, float]:
     """Seconds per image of whole runs from files on disk (decode, score, write rows and
     overlays) through the same pipeline as the CLI, model already loaded."""
     from winclip_cli.pipeline import run
-    from winclip_cli.planning import RunOptions
+    from winclip_cli.options import RunOptions
     from winclip_cli.progress import Reporter
 
     sources = sorted((ROOT / "sample_data" / "parts").rglob("*.jpg"))
@@ -109,11 +109,11 @@ def parity(wc, text, bank) -> float:
     """Largest score/map difference between the fast path and open_clip's own blocks."""
     x = torch.randn(2, 3, *wc.input_size)
     fast = wc.predict(x, text=text, bank=bank)
-    wc._fast_blocks = False
+    wc.encoder.fast_blocks = False
     try:
         slow = wc.predict(x, text=text, bank=bank)
     finally:
-        wc._fast_blocks = True
+        wc.encoder.fast_blocks = True
     return max(
         (fast.image_scores - slow.image_scores).abs().max().item(),
         (fast.grid_maps - slow.grid_maps).abs().max().item(),

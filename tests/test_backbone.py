@@ -370,29 +370,29 @@ def test_hub_reachable_probes_the_endpoint(monkeypatch):
 class TransformerCalls:
     def __init__(self, wc: WinClip) -> None:
         self.lengths: list[tuple[int, int]] = []
-        inner = wc._transformer
+        inner = wc.encoder._transformer
 
         def counted(x, *args, **kwargs):
             self.lengths.append((x.shape[0], x.shape[1]))
             return inner(x, *args, **kwargs)
 
-        wc._transformer = counted
+        wc.encoder._transformer = counted
 
 
 def test_predict_without_maps_runs_no_windows(wc):
     text = wc.text_embeddings("screw")
     calls = TransformerCalls(wc)
-    window_pass = wc._window_embeddings
+    window_pass = wc.encoder._window_embeddings
 
     def refuse(*args, **kwargs):
         raise AssertionError("windows computed for maps=False")
 
-    wc._window_embeddings = refuse
+    wc.encoder._window_embeddings = refuse
     out = wc.predict(images(3), text=text, maps=False)
     assert out.grid_maps is None
     assert out.image_scores.shape == (3,)
     assert calls.lengths == [(3, 37)]  # one full pass for the whole batch
-    wc._window_embeddings = window_pass
+    wc.encoder._window_embeddings = window_pass
     calls.lengths.clear()
     with_maps = wc.predict(images(3), text=text, maps=True)
     assert len(calls.lengths) > 1

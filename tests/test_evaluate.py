@@ -334,3 +334,22 @@ def test_too_few_references_fails_before_any_scoring(tmp_path, wc):
     with pytest.raises(DatasetError, match="2-shot needs 2 training normal images"):
         run_evaluation(wc, root, shots=[0, 2], scores_path=scores_path)
     assert not scores_path.exists()
+
+
+def test_fewshot_and_eval_pick_the_same_references(tmp_path):
+    """The same folder and --seed give the same K references in fewshot and eval (eval
+    used to draw with Random(seed).sample, fewshot shuffled and took the first K)."""
+    from winclip_cli.options import RunOptions
+    from winclip_cli.planning import plan
+
+    root = make_mvtec(tmp_path / "mvtec", categories=("bottle",), train=8)
+    [data] = discover(root)
+    good = root / "bottle" / "train" / "good"
+    differs = False
+    for seed in (None, 0, 1, 2, 3):
+        opts = RunOptions(inputs=[root / "bottle" / "test"], ref=good, k=3, seed=seed)
+        with plan(opts) as checked:
+            fewshot = [image.path for image in checked.references.images]
+        assert fewshot == evaluate.draw_references(data, 3, seed)
+        differs |= seed is not None and fewshot != sorted(data.train_good)[:3]
+    assert differs  # the seed matters, so the comparison above means something

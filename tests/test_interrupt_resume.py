@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.tiny_model import make_tiny_model
-from winclip_cli.outputs import Row, RowsFile, RowWriter, columns, read_finished_rows
+from winclip_cli.rows import Row, RowsFile, RowWriter, columns, read_finished_rows
 
 COLUMNS = ["path", "score", "map_max", "overlay", "status", "error"]
 COUNT = 120  # images: enough that a run is still going when the signal arrives
@@ -245,9 +245,9 @@ def test_a_cut_batch_handover_prints_nothing_in_a_worker(kind):
 
 def written(fmt: str, rows: list[Row]) -> tuple[bytes, list[dict]]:
     """The bytes a run writes for ``rows``, and each row as read back from a file."""
-    cols = columns(True, False, None)
+    cols = columns(True, False, False)
     buffer = io.StringIO()
-    writer = RowWriter(buffer, fmt, cols, None)
+    writer = RowWriter(buffer, fmt, cols)
     for row in rows:
         writer.write(row)
     data = buffer.getvalue().encode("utf-8")
@@ -272,7 +272,7 @@ SAMPLE_ROWS = [
 def test_every_cut_through_the_last_row_is_repaired(tmp_path, fmt):
     """Cut the file at every byte of its last row: the finished rows are kept exactly,
     the torn one dropped, and the file rewritten so that appending makes a valid file."""
-    cols = columns(True, False, None)
+    cols = columns(True, False, False)
     data, records = written(fmt, SAMPLE_ROWS)
     last_row = data.rindex(b"\n", 0, data.rindex(b"/in/zz")) + 1
     path = tmp_path / f"rows.{fmt}"
@@ -282,7 +282,7 @@ def test_every_cut_through_the_last_row_is_repaired(tmp_path, fmt):
         # A last row whose fields are all there may be kept; anything less is dropped.
         assert kept in (records[:2], records), cut
         with open(path, "a", encoding="utf-8", newline="") as stream:
-            RowWriter(stream, fmt, cols, None, header=False).write(SAMPLE_ROWS[2])
+            RowWriter(stream, fmt, cols, header=False).write(SAMPLE_ROWS[2])
         repaired = parse(path, fmt)
         assert [r["path"] for r in repaired][-1] == f"/in/{WEIRD}", cut
         assert len(repaired) == len(kept) + 1, cut
@@ -303,9 +303,9 @@ def invoke(args: list[str], cache: Path):
 
 def finished_file(reference: Reference, fmt: str, path: Path) -> None:
     """The rows file an uninterrupted run writes, in ``fmt``."""
-    cols = columns(True, False, None)
+    cols = columns(True, False, False)
     with open(path, "w", encoding="utf-8", newline="") as stream:
-        writer = RowWriter(stream, fmt, cols, None)
+        writer = RowWriter(stream, fmt, cols)
         for r in reference.parsed:
             score = float(r["score"]) if r["score"] else None
             map_max = float(r["map_max"]) if r["map_max"] else None
@@ -343,15 +343,15 @@ def test_resume_of_a_finished_run_changes_nothing(dataset, model_dir, reference,
 def overlays_failing_at_the_third(folder: Path, monkeypatch, error: OSError) -> None:
     """Six inputs in ``folder``; writing the third one's overlay (p2.png) fails half way
     with ``error``, leaving a partial temporary file for the writer to clean up."""
-    from winclip_cli import pipeline
-    from winclip_cli.cache import atomic_write
+    from winclip_cli import outputs
+    from winclip_cli.atomic import atomic_write
 
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(6):
         pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"p{i}.png")
-    real_save = pipeline.save_png
+    real_save = outputs.save_png
 
     def save_failing_third(image, path):
         if path.name != "p2.png.png":
@@ -363,7 +363,7 @@ def overlays_failing_at_the_third(folder: Path, monkeypatch, error: OSError) -> 
 
         atomic_write(path, half_then_fail)
 
-    monkeypatch.setattr(pipeline, "save_png", save_failing_third)
+    monkeypatch.setattr(outputs, "save_png", save_failing_third)
 
 
 def test_a_failed_overlay_write_leaves_no_partial_file(model_dir, tmp_path, monkeypatch):
@@ -587,12 +587,12 @@ def test_a_filesystem_without_locks_still_gets_its_rows(few, model_dir, tmp_path
     """NFS without lockd says ENOLCK: that is not "another run", the run goes on."""
     import errno
 
-    from winclip_cli import outputs
+    from winclip_cli import rows
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(outputs.fcntl, "flock", no_locks)
+    monkeypatch.setattr(rows.fcntl, "flock", no_locks)
     rows = tmp_path / "rows.csv"
     code, stderr = invoke(["score", str(few), "--model", model_dir, "-o", str(rows)], tmp_path)
     assert code == 0, stderr

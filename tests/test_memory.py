@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from winclip_cli import pipeline, planning
-from winclip_cli.outputs import RowWriter
+from winclip_cli import pipeline
+from winclip_cli.errors import ExitCode
+from winclip_cli.options import ModelOptions, RunOptions
 from winclip_cli.progress import Reporter
+from winclip_cli.rows import RowWriter
 
 COUNT = 200
 EARLY = 50
@@ -67,21 +69,21 @@ def test_memory_is_flat_over_a_long_run(many_images, tiny, cache_dir, tmp_path, 
             samples[written] = (resident_bytes(), tracemalloc.get_traced_memory()[0])
 
     monkeypatch.setattr(RowWriter, "write", measured_write)
-    options = planning.RunOptions(
+    options = RunOptions(
         inputs=[many_images],
         maps=mode == "segment",
         out_dir=tmp_path / "out",
         batch_size=4,
         workers=0,
         output=str(tmp_path / "rows.csv"),
-        model=planning.ModelOptions(model=tiny["local_dir"], cache_dir=cache_dir),
+        model=ModelOptions(model=tiny["local_dir"], cache_dir=cache_dir),
     )
     tracemalloc.start()
     try:
         code = pipeline.run(options, Reporter(quiet=True))
     finally:
         tracemalloc.stop()
-    assert code == pipeline.ExitCode.OK
+    assert code == ExitCode.OK
     assert written == COUNT
     (rss_early, heap_early), (rss_late, heap_late) = samples[EARLY], samples[COUNT]
     growth = rss_late - rss_early

@@ -15,9 +15,9 @@ from winclip_cli.outputs import (
     COLORMAP,
     colorize,
     output_name,
-    read_finished_rows,
     render_overlay,
 )
+from winclip_cli.rows import read_finished_rows
 
 
 def test_atomic_write_gives_normal_permissions_and_leaves_no_temp(tmp_path):
@@ -110,11 +110,11 @@ def test_a_torn_last_row_is_cut_off_in_place(tmp_path):
 def test_resume_reads_a_carriage_return_in_a_name_as_written(tmp_path):
     """The file is read as bytes: text mode turned the quoted '\\r' of a name into '\\n',
     so the row no longer matched its image, and the repair wrote the corruption back."""
-    from winclip_cli.outputs import Row, RowWriter, columns
+    from winclip_cli.rows import Row, RowWriter, columns
 
-    cols = columns(False, False, None)
+    cols = columns(False, False, False)
     buffer = io.StringIO()
-    writer = RowWriter(buffer, "csv", cols, None)
+    writer = RowWriter(buffer, "csv", cols)
     writer.write(Row("/in/a\rb.png", 0.5))
     writer.write(Row("/in/c.png", 0.25))
     path = tmp_path / "rows.csv"

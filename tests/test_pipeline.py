@@ -6,8 +6,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from winclip_cli.pipeline import ExitCode, run
-from winclip_cli.planning import ModelOptions, RunOptions
+from winclip_cli.errors import ExitCode
+from winclip_cli.options import ModelOptions, RunOptions
+from winclip_cli.pipeline import run
 from winclip_cli.progress import Reporter
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data" / "parts" / "good"
@@ -99,7 +100,7 @@ import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from winclip_cli.cli import app  # noqa: E402
-from winclip_cli.pipeline import Interrupted  # noqa: E402
+from winclip_cli.errors import Interrupted  # noqa: E402
 
 
 def test_an_interrupt_is_never_swallowed_by_a_decoder_guard(monkeypatch, tmp_path):

@@ -207,3 +207,38 @@ def test_prompt_file_missing(tmp_path):
 def test_prompt_file_is_a_folder(tmp_path):
     with pytest.raises(PromptFileError):
         load_prompt_file(tmp_path)
+
+
+def test_presets_by_name_and_files_by_path(tmp_path, monkeypatch):
+    from winclip_cli.prompts import resolve_prompts
+
+    assert resolve_prompts(None) == PromptSet() == resolve_prompts("winclip")
+    normal, anomalous = resolve_prompts("clip-ac").prompts("metal_nut")
+    assert (normal, anomalous) == (
+        ["a photo of a normal metal nut."],
+        ["a photo of a anomalous metal nut."],
+    )
+    # A preset name wins over a file of that name in the current folder; ./NAME is the file.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clip-ac").write_text(json.dumps({"templates": ["{} close up."]}))
+    assert resolve_prompts("clip-ac").templates == ("a photo of a {}.",)
+    assert resolve_prompts("./clip-ac").templates == ("{} close up.",)
+    with pytest.raises(PromptFileError):
+        resolve_prompts("no-such-preset-or-file")
+
+
+def test_clip_ac_preset_scores_differ_from_winclip(tiny, cache_dir, tmp_path):
+    """`--prompts clip-ac` reaches the text side: other prompts, other scores."""
+    from tests.test_cli import run_runner
+
+    image = tmp_path / "part.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(image)
+    base = ["score", image, "--model", tiny["local_dir"], "--workers", "0"]
+    winclip = run_runner(base)
+    clip_ac = run_runner([*base, "--prompts", "clip-ac"])
+    assert winclip.code == clip_ac.code == 0
+    assert winclip.stdout.splitlines()[0] == clip_ac.stdout.splitlines()[0]
+    assert winclip.stdout != clip_ac.stdout
+    assert run_runner([*base, "--prompts", "nonsense"]).code == 2

@@ -350,9 +350,9 @@ def test_window_embedding_sees_only_its_own_patches(wc):
 
 
 def test_fast_transformer_path_matches_open_clip_forward(wc, cache_dir):
-    assert wc._fast_blocks, "the tiny model's blocks should take the fast path"
+    assert wc.encoder.fast_blocks, "the tiny model's blocks should take the fast path"
     generic = WinClip(wc.backbone, cache_dir=cache_dir)
-    generic._fast_blocks = False
+    generic.encoder.fast_blocks = False
     x = random_images(2, seed=6)
     fast = wc.encode(x, windows=True, patch_tokens=True)
     slow = generic.encode(x, windows=True, patch_tokens=True)
@@ -371,9 +371,10 @@ def test_fast_transformer_path_matches_open_clip_forward(wc, cache_dir):
 
 def test_window_chunking_does_not_change_results(wc):
     x = random_images(3, seed=8)
-    assert wc.window_token_budget >= 3 * 16 * 10  # every 3x3 window of the batch in one chunk
+    # every 3x3 window of the batch in one chunk
+    assert wc.encoder.window_token_budget >= 3 * 16 * 10
     whole = wc.encode(x)
-    wc.window_token_budget = 7  # one window per chunk
+    wc.encoder.window_token_budget = 7  # one window per chunk
     chunked = wc.encode(x)
     for k in (2, 3):
         assert_close(chunked.windows[k], whole.windows[k])
@@ -663,7 +664,7 @@ def test_other_vit_variants_match_reference(tmp_path, cache_dir, variant):
     weights = tmp_path / "w.pt"
     torch.save(clip.state_dict(), weights)
     model = WinClip.load(model=name, weights=weights, cache_dir=cache_dir)
-    assert model._fast_blocks == (variant != "custom-block")
+    assert model.encoder.fast_blocks == (variant != "custom-block")
     gh, gw = model.grid_size
     assert (gh * 8, gw * 8) == model.input_size
     for k in (2, 3):

@@ -21,22 +21,19 @@ from urllib.parse import urlparse
 
 import torch
 
-DEFAULT_MODEL = "ViT-B-16-plus-240"
-DEFAULT_PRETRAINED = "laion400m_e31"
+from .errors import WeightsUnavailableError
+from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-LOCAL_DIR = "local-dir:"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The model or its weights could not be loaded; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
 class Backbone:
     """A loaded open_clip model with what the rest of the program needs to know about it."""
 
-    clip: torch.nn.Module
+    # open_clip's CLIP: its towers are plain attributes that open_clip does not type.
+    clip: Any
     model_name: str
     weights_id: str  # content fingerprint of the weights: cache keys, bank compatibility
     mean: tuple[float, float, float]
@@ -241,7 +238,7 @@ def weights_fingerprint(clip: torch.nn.Module) -> str:
     return digest.hexdigest()[:24]
 
 
-def _build_on_meta(model: str) -> torch.nn.Module:
+def _build_on_meta(model: str) -> Any:  # open_clip's CLIP (see Backbone.clip)
     import open_clip
 
     with _quiet_open_clip(), torch.device("meta"):
@@ -251,7 +248,7 @@ def _build_on_meta(model: str) -> torch.nn.Module:
             raise WeightsUnavailableError(f"cannot build model {model!r}: {exc}") from exc
 
 
-def _assign_weights(clip: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def _assign_weights(clip: Any, state: dict[str, torch.Tensor], source: str) -> None:
     from open_clip.model import resize_pos_embed
 
     if "logit_scale" in state and state["logit_scale"].ndim != clip.logit_scale.ndim:
@@ -343,6 +340,6 @@ def load_backbone(
     clip = clip.to(torch_device).eval().requires_grad_(False)
 
     default = visual.preprocess_cfg
-    mean = tuple(tag_cfg.get("mean", default["mean"]))
-    std = tuple(tag_cfg.get("std", default["std"]))
-    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype)  # type: ignore[arg-type]
+    mean: tuple[float, float, float] = tuple(tag_cfg.get("mean", default["mean"]))
+    std: tuple[float, float, float] = tuple(tag_cfg.get("std", default["std"]))
+    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype)

@@ -10,13 +10,15 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .atomic import atomic_write
+from .errors import BankFileError
 
 CACHE_ENV = "WINCLIP_CACHE_DIR"
 BANK_FORMAT = "winclip-reference-bank"
@@ -33,27 +35,6 @@ def default_cache_dir() -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "winclip"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "winclip"
-
-
-# mkstemp makes 0600 files; results should get the permissions any new file gets. Read
-# once at import, because reading the umask means setting it (not thread-safe).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A short temporary name: the final name may already be near the 255-byte limit.
-    fd, tmp = tempfile.mkstemp(prefix=".winclip-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class TextEmbeddingCache:
@@ -93,10 +74,6 @@ class TextEmbeddingCache:
             warnings.warn(f"text cache not written ({self.root}): {exc.strerror}", stacklevel=2)
 
 
-class BankFileError(ValueError):
-    """A reference-bank file that is unreadable or does not fit the model in use."""
-
-
 @dataclass
 class ReferenceBank:
     """Features of K normal images: patch tokens and window embeddings, L2-normalised.
@@ -108,6 +85,8 @@ class ReferenceBank:
     patch_tokens: torch.Tensor
     windows: dict[int, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Set by WinClip.check_bank: which model checked it (a bank is validated once).
+    checked_for: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_images(self) -> int:

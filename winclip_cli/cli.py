@@ -16,6 +16,20 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import __version__
+from .errors import ExitCode, Interrupted, WinclipError
+from .options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLASS,
+    DEFAULT_FORMAT,
+    DEFAULT_MODEL,
+    DEFAULT_OUT_DIR,
+    DEFAULT_PRETRAINED,
+    LOCAL_DIR,
+    ModelOptions,
+    RunOptions,
+)
+from .prompts import PRESETS
+from .rows import FORMATS, discard_stdout
 
 app = typer.Typer(
     name="winclip",
@@ -73,26 +87,19 @@ def _output(value: str | Path) -> str:
     return str(_path(value))
 
 
-def _fail(message: str, code: int) -> typer.Exit:
+def _fail(message: str, code: ExitCode) -> typer.Exit:
     from .progress import Reporter
 
     Reporter().error(message)
-    return typer.Exit(code)
+    return typer.Exit(int(code))
 
 
 def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
-    """Run ``action(reporter)`` and turn every outcome into the documented exit code."""
-    from .backbone import WeightsUnavailableError
-    from .outputs import discard_stdout
-    from .pipeline import ExitCode, Interrupted
-    from .planning import UsageError
+    """Run ``action(reporter)`` and turn every outcome into the documented exit code:
+    the one place where errors become messages and codes."""
     from .progress import Reporter
 
     reporter = Reporter(quiet=quiet)
-    from .evaluate import DatasetError
-    from .metrics import MissingDependencyError
-    from .prompts import PromptFileError
-
     # Library warnings (a cache that can't be written, torch's advice) are messages like
     # ours: through the reporter, one line, silenced by --quiet.
     warnings.showwarning = lambda message, *_args, **_kw: reporter.warn(str(message))
@@ -105,12 +112,9 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
         # Unix tools killed by SIGPIPE; the remaining output has nowhere to go.
         discard_stdout()
         code = ExitCode.BROKEN_PIPE
-    except (UsageError, DatasetError, PromptFileError, MissingDependencyError) as exc:
+    except WinclipError as exc:
         reporter.error(str(exc))
-        code = ExitCode.USAGE
-    except WeightsUnavailableError as exc:
-        reporter.error(str(exc))
-        code = ExitCode.MODEL
+        code = exc.exit_code
     except KeyboardInterrupt:
         reporter.error("interrupted")
         code = ExitCode.INTERRUPTED
@@ -155,11 +159,13 @@ BatchOpt = Annotated[
     int, typer.Option(help="Images per forward pass.", rich_help_panel=MODEL_PANEL)
 ]
 PromptsOpt = Annotated[
-    Optional[Path],  # noqa: UP045
+    Optional[str],  # noqa: UP045
     typer.Option(
-        help="JSON prompt file (normal / anomalous states, templates).",
+        help=f"Prompt set: {' or '.join(PRESETS)} (the default), or a JSON prompt file "
+        "(normal / anomalous states, templates).",
         rich_help_panel=MODEL_PANEL,
-        parser=_path,
+        parser=_output,
+        show_default=False,
     ),
 ]
 TemperatureOpt = Annotated[
@@ -179,13 +185,16 @@ CacheOpt = Annotated[
         show_default=False,
     ),
 ]
+WorkersOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        help="Decoding processes (0: none). Default: half the cores, at most 4.",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show tracebacks of internal errors.")]
-
-# The same values as backbone.DEFAULT_MODEL / DEFAULT_PRETRAINED, spelled here because
-# importing backbone loads torch, and `--help` must answer at once (a test keeps them equal).
-DEFAULT_MODEL = "ViT-B-16-plus-240"
-DEFAULT_PRETRAINED = "laion400m_e31"
 
 HELP = {
     "score": "Anomaly score per image (zero-shot; WinCLIP+ with --ref).\n\n"
@@ -209,7 +218,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 parser=_path,
             ),
         ] = None,
-        class_name: ClassOpt = "object",
+        class_name: ClassOpt = DEFAULT_CLASS,
         ref: Annotated[
             Optional[Path],  # noqa: UP045
             typer.Option(
@@ -246,7 +255,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             typer.Option(
                 help="Folder for overlays (and maps).", rich_help_panel=OUTPUT_PANEL, parser=_path
             ),
-        ] = Path("winclip-out"),
+        ] = DEFAULT_OUT_DIR,
         save_maps: Annotated[
             bool,
             typer.Option(
@@ -266,8 +275,9 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             ),
         ] = None,
         fmt: Annotated[
-            str, typer.Option("--format", help="csv or jsonl.", rich_help_panel=OUTPUT_PANEL)
-        ] = "csv",
+            str,
+            typer.Option("--format", help=f"{' or '.join(FORMATS)}.", rich_help_panel=OUTPUT_PANEL),
+        ] = DEFAULT_FORMAT,
         threshold: Annotated[
             Optional[float],  # noqa: UP045
             typer.Option(
@@ -296,15 +306,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         weights: WeightsOpt = None,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "fp32",
-        batch_size: BatchOpt = 8,
-        workers: Annotated[
-            Optional[int],  # noqa: UP045
-            typer.Option(
-                help="Decoding processes (0: none). Default: half the cores, at most 4.",
-                rich_help_panel=MODEL_PANEL,
-                show_default=False,
-            ),
-        ] = None,
+        batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+        workers: WorkersOpt = None,
         prompts: PromptsOpt = None,
         temperature: TemperatureOpt = None,
         cache_dir: CacheOpt = None,
@@ -312,10 +315,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         verbose: VerboseOpt = False,
     ) -> None:
         from .pipeline import run
-        from .planning import ModelOptions, RunOptions
 
-        if fmt not in ("csv", "jsonl"):
-            raise _fail(f"--format {fmt!r}: use csv or jsonl", 2)
         options = RunOptions(
             inputs=list(paths) if paths else [Path(".")],
             class_name=class_name,
@@ -343,7 +343,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
     if mode == "score":  # score makes no images: hide the image options from its help
         signature = inspect.signature(command)
         keep = [p for p in signature.parameters.values() if p.name not in ("out", "save_maps")]
-        command.__signature__ = signature.replace(parameters=keep)  # type: ignore[attr-defined]
+        command.__signature__ = signature.replace(parameters=keep)  # type: ignore[attr-defined]  # Typer reads it
     command.__doc__ = HELP[mode]
     return command
 
@@ -393,7 +393,8 @@ def eval_command(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    workers: WorkersOpt = None,
     prompts: PromptsOpt = None,
     temperature: TemperatureOpt = None,
     cache_dir: CacheOpt = None,
@@ -404,75 +405,34 @@ def eval_command(
 
     The table goes to stderr; --json and --scores keep every figure.
     """
-    if compare not in (None, "paper"):
-        raise _fail(f"--compare {compare!r}: the only comparison is 'paper'", 2)
+    from .options import EvalOptions
+
+    options = EvalOptions(
+        root=root,
+        layout=layout,
+        categories=category,
+        shots=k or [0],
+        seeds=seeds,
+        class_name=class_name,
+        json_path=json_path,
+        scores_path=scores,
+        compare=compare,
+        batch_size=batch_size,
+        workers=workers,
+        model=ModelOptions(
+            model, pretrained, weights, device, precision, prompts, temperature, cache_dir
+        ),
+    )
 
     def action(reporter: Any) -> int:
-        from . import evaluate
-        from .model import WinClip
-        from .planning import (
-            ModelOptions,
-            UsageError,
-            check_class_name,
-            check_model_options,
-            check_writable_file,
-            refuse_overwriting,
-        )
-
-        shots = k or [0]
-        # Check the tree and the options before paying for the model.
-        if seeds < 1 or any(shot < 0 for shot in shots):
-            raise UsageError("--seeds must be at least 1 and every --k at least 0")
-        if batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        if class_name is not None:
-            check_class_name(class_name)
-        for option, path in (("--json", json_path), ("--scores", scores)):
-            if path is not None and str(path) != "-":
-                check_writable_file(path)
-                inputs = [p for p in (weights, prompts) if p is not None]
-                if evaluate.is_dataset_file(root, path):
-                    inputs.append(path)
-                refuse_overwriting(option, path, inputs)
-        both = json_path is not None and scores is not None
-        if both and os.path.abspath(json_path) == os.path.abspath(scores):  # type: ignore[arg-type]
-            raise UsageError("--json and --scores name the same file")
-        options = ModelOptions(
-            model, pretrained, weights, device, precision, prompts, temperature, cache_dir
-        )
-        prompt_set = check_model_options(options)
-        evaluate.discover(root, layout=layout, categories=category)
-        wc = WinClip.load(
-            model=model,
-            pretrained=pretrained,
-            weights=weights,
-            device=device,
-            precision=precision,
-            cache_dir=cache_dir,
-            prompts=prompt_set,
-            temperature=temperature,
-        )
+        from .evaluate import evaluate_command
 
         def progress(p: Any) -> None:
             if p.done == p.total:
                 reporter.info(f"{p.category} k={p.k} seed={p.seed}: {p.total} images")
 
-        evaluate.run_evaluation(
-            wc,
-            root,
-            layout=layout,
-            categories=category,
-            shots=shots,
-            seeds=seeds,
-            class_name=class_name,
-            batch_size=batch_size,
-            scores_path=scores,
-            json_path=json_path,
-            compare=compare == "paper",
-            table_stream=None if quiet else reporter.stream,
-            progress=progress,
-        )
-        return 0
+        table = None if quiet else reporter.stream
+        return evaluate_command(options, table_stream=table, progress=progress)
 
     _run(action, quiet, verbose)
 
@@ -483,14 +443,15 @@ def download(
     pretrained: Annotated[str, typer.Option(help="open_clip weights tag.")] = DEFAULT_PRETRAINED,
 ) -> None:
     """Fetch weights into the local cache, for later offline runs."""
-    from .backbone import LOCAL_DIR, WeightsUnavailableError, fetch_pretrained
+    from .backbone import fetch_pretrained
+    from .errors import WeightsUnavailableError
 
     if model.startswith(LOCAL_DIR):
-        raise _fail(f"nothing to download: {model} is read from its folder", 2)
+        raise _fail(f"nothing to download: {model} is read from its folder", ExitCode.USAGE)
     try:
         path = fetch_pretrained(model, pretrained)
     except WeightsUnavailableError as exc:
-        raise _fail(str(exc), 4) from None
+        raise _fail(str(exc), exc.exit_code) from None
     typer.echo(str(path))
 
 

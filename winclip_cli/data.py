@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageReadError
 from .imaging import to_rgb
 
 IMAGE_EXTENSIONS = frozenset(
@@ -33,10 +34,6 @@ SIXTEEN_BIT_AS_I = frozenset({"PNG", "PPM"})
 # catch_warnings swaps the process-wide filter list: threads decoding at once (the overlay
 # writers) must take turns, or one restores another's "ignore" and it stays for good.
 _QUIET_DECODING = threading.Lock()
-
-
-class ImageReadError(Exception):
-    """An input that can't be decoded; the message is one line for the `error` column."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +248,8 @@ class Batch(NamedTuple):
 def collate(items: list[Decoded]) -> Batch:
     """Stack the readable inputs of a batch (in the worker, off the main thread)."""
     good = [d for d in items if d.tensor is not None]
-    pixels = torch.stack([d.tensor for d in good]) if good else None  # type: ignore[misc]
+    tensors = [d.tensor for d in good if d.tensor is not None]
+    pixels = torch.stack(tensors) if tensors else None
     errors = {d.index: d.error for d in items if d.error is not None}
     return Batch([d.index for d in items], pixels, [d.index for d in good], errors)
 

@@ -1,105 +1,46 @@
 """`winclip eval`: metrics of WinCLIP / WinCLIP+ on labelled MVTec AD or VisA trees.
 
-Library side of the command: dataset discovery (:func:`discover`), one evaluation run
-over categories, shots and seeds (:func:`run_evaluation`), and the text outputs (paper-like
-table, comparison with the published numbers). No CLI framework is imported here.
+The same engine and loader as the scoring commands (engines.local, DataLoader workers)
+and the same reference picker as fewshot; the dataset layouts are in datasets/, the
+published figures in paper.py. No CLI framework is imported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
-import random
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from .cache import atomic_write
-from .data import IMAGE_EXTENSIONS
-from .metrics import DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
-from .outputs import ENCODING_ERRORS, csv_line
+from .atomic import atomic_write
+from .data import InputImage, open_image
+from .datasets import CategoryData, TestSample, discover, is_dataset_file, load_mask
+from .engines.local import LocalEngine, Scorer
+from .errors import DatasetError, ExitCode, ImageReadError, UsageError
+from .metrics import COLUMN_TITLES, DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
+from .options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
+from .paper import DATASET_NAMES, compare_with_paper, format_comparison
+from .prompts import PromptSet
+from .references import pick_references
+from .rows import ENCODING_ERRORS, csv_line
 
 if TYPE_CHECKING:
     import torch
 
+    from .cache import ReferenceBank
     from .model import WinClip
 
-LAYOUTS = ("mvtec", "visa")
-VISA_CSV = Path("split_csv") / "1cls.csv"
-VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 SCORES_HEADER = ("category", "k", "seed", "path", "label", "score")
-# Preprocessed test images of a category are kept in memory across shots and seeds up to
-# this size (a few hundred 240x240 images); bigger categories are re-read for every run.
-TEST_CACHE_BYTES = 1 << 30
 
-DATASET_NAMES = {"mvtec": "MVTec AD", "visa": "VisA"}
-DATASET_CATEGORIES = {"mvtec": 15, "visa": 12}
-# WINCLIP.md, "Published results": means over all categories, as fractions.
-PAPER_RESULTS: dict[str, dict[int, dict[str, float]]] = {
-    "mvtec": {
-        0: dict(image_auroc=0.918, image_ap=0.965, image_f1max=0.929,
-                pixel_auroc=0.851, pixel_pro=0.646, pixel_f1max=0.317),
-        1: dict(image_auroc=0.931, image_ap=0.965, image_f1max=0.937,
-                pixel_auroc=0.952, pixel_pro=0.871, pixel_f1max=0.559),
-        4: dict(image_auroc=0.952, image_ap=0.973, image_f1max=0.947,
-                pixel_auroc=0.962, pixel_pro=0.890, pixel_f1max=0.595),
-    },
-    "visa": {
-        0: dict(image_auroc=0.781, image_ap=0.812, image_f1max=0.790,
-                pixel_auroc=0.796, pixel_pro=0.568, pixel_f1max=0.148),
-        4: dict(image_auroc=0.873, image_ap=0.888, image_f1max=0.842,
-                pixel_auroc=0.972, pixel_pro=0.876, pixel_f1max=0.470),
-    },
-}  # fmt: skip
-COLUMN_TITLES = {
-    "image_auroc": "I-AUROC",
-    "image_ap": "I-AP",
-    "image_f1max": "I-F1max",
-    "pixel_auroc": "P-AUROC",
-    "pixel_ap": "P-AP",
-    "pixel_f1max": "P-F1max",
-    "pixel_pro": "PRO",
-}
-
-
-class DatasetError(ValueError):
-    """A dataset tree that cannot be evaluated; the message is one line naming the problem."""
-
-
-@dataclass(frozen=True)
-class TestSample:
-    """One test image: label 1 = anomalous (then ``mask`` is its ground-truth file)."""
-
-    __test__ = False  # not a pytest class
-
-    path: Path
-    label: int
-    mask: Path | None = None
-
-
-@dataclass
-class CategoryData:
-    """A category's training normals (reference pool) and labelled test images."""
-
-    name: str
-    layout: str
-    root: Path
-    train_good: list[Path] = field(default_factory=list)
-    test: list[TestSample] = field(default_factory=list)
-
-    @property
-    def num_anomalous(self) -> int:
-        """Number of anomalous test images."""
-        return sum(s.label for s in self.test)
+__all__ = ["DatasetError", "discover", "format_table", "load_mask", "run_evaluation"]
 
 
 @dataclass(frozen=True)
@@ -116,271 +57,26 @@ class EvalProgress:
     runs: int
 
 
-# ----- discovery ----------------------------------------------------------------------
-
-
-def _images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted; [] when it does not exist."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def detect_layout(root: Path) -> str:
-    """'visa' when ROOT/split_csv/1cls.csv exists, 'mvtec' when a category tree is there."""
-    if (root / VISA_CSV).is_file():
-        return "visa"
-    if _mvtec_category_dirs(root):
-        return "mvtec"
-    raise DatasetError(
-        f"no dataset layout found under {root}: expected MVTec AD "
-        f"(<category>/test/<defect>/, <category>/train/good/) or VisA ({VISA_CSV})"
-    )
-
-
-def _mvtec_category_dirs(root: Path) -> dict[str, Path]:
-    """Category name -> folder; ROOT itself when it is one category (has test/)."""
-    if (root / "test").is_dir():
-        return {root.resolve().name: root}
-    if not root.is_dir():
-        return {}
-    dirs = (d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith("."))
-    return {d.name: d for d in dirs if (d / "test").is_dir() or (d / "train").is_dir()}
-
-
-def _find_mask(folder: Path, stem: str) -> Path | None:
-    """MVTec AD names masks ``<stem>_mask.png``; accept any image extension, or ``<stem>.*``."""
-    for name in (f"{stem}_mask", stem):
-        for ext in (".png", *sorted(IMAGE_EXTENSIONS - {".png"})):
-            if (folder / f"{name}{ext}").is_file():
-                return folder / f"{name}{ext}"
-    return None
-
-
-def _mvtec_category(name: str, folder: Path) -> CategoryData:
-    """Read one MVTec AD category folder, checking every anomalous image has a mask."""
-    data = CategoryData(name, "mvtec", folder, train_good=_images(folder / "train" / "good"))
-    test_dir = folder / "test"
-    defects = sorted(d for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
-    for defect in defects:
-        label = 0 if defect.name == "good" else 1
-        for path in _images(defect):
-            mask = _find_mask(folder / "ground_truth" / defect.name, path.stem) if label else None
-            if label and mask is None:
-                expected = folder / "ground_truth" / defect.name / f"{path.stem}_mask.png"
-                raise DatasetError(f"category {name}: no ground-truth mask for {path} ({expected})")
-            data.test.append(TestSample(path, label, mask))
-    return data
-
-
-def _read_visa_csv(root: Path) -> list[dict[str, str]]:
-    csv_path = root / VISA_CSV
-    try:
-        with csv_path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in VISA_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(f"{csv_path} lacks the column(s) {', '.join(missing)}")
-            return [{k: (row.get(k) or "").strip() for k in VISA_COLUMNS} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DatasetError(f"cannot read {csv_path}: {err}") from err
-
-
-def _visa_file(root: Path, relative: str, what: str) -> Path:
-    path = root / relative
-    if not relative or not path.is_file():
-        raise DatasetError(f"{what} listed in {VISA_CSV} not found: {path}")
-    return path
-
-
-def _visa_category(name: str, root: Path, rows: list[dict[str, str]]) -> CategoryData:
-    """One VisA object from its 1cls.csv rows, checking files and labels."""
-    data = CategoryData(name, "visa", root)
-    for row in rows:
-        label = {"normal": 0, "anomaly": 1}.get(row["label"].lower())
-        if label is None:
-            raise DatasetError(f"{VISA_CSV}: unknown label {row['label']!r} for {row['image']}")
-        split = row["split"].lower()
-        if split == "train" and label == 0:
-            data.train_good.append(_visa_file(root, row["image"], "image"))
-        elif split == "test":
-            image = _visa_file(root, row["image"], "image")
-            mask = _visa_file(root, row["mask"], f"mask of {row['image']}") if label else None
-            data.test.append(TestSample(image, label, mask))
-    data.train_good.sort()
-    return data
-
-
-def _select(available: Sequence[str], categories: Sequence[str] | None, root: Path) -> list[str]:
-    """The requested categories (all by default), refusing unknown names."""
-    if not available:
-        raise DatasetError(f"no categories found under {root}")
-    if not categories:
-        return list(available)
-    unknown = [c for c in categories if c not in available]
-    if unknown:
-        raise DatasetError(
-            f"unknown category {', '.join(unknown)} under {root}; available: {', '.join(available)}"
-        )
-    return list(dict.fromkeys(categories))
-
-
-def is_dataset_file(root: Path, path: Path) -> bool:
-    """Whether ``path`` is part of the dataset under ``root``: an image, a mask or the
-    VisA split CSV. Results of an earlier eval kept there (`--json data/results.json`)
-    are not."""
-    try:
-        resolved = path.resolve()
-        if not resolved.is_relative_to(root.resolve()):
-            return False
-        return path.suffix.lower() in IMAGE_EXTENSIONS or resolved == (root / VISA_CSV).resolve()
-    except OSError:
-        return False
-
-
-def discover(
-    root: str | os.PathLike[str], layout: str = "auto", categories: Sequence[str] | None = None
-) -> list[CategoryData]:
-    """Find the categories of an MVTec AD or VisA tree (``layout`` 'auto', 'mvtec', 'visa').
-
-    Only the selected ``categories`` (all when None) are read and checked. Raises
-    DatasetError for an unknown layout or category, a category without test images, or
-    an anomalous test image without a ground-truth mask.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        why = "is not a folder" if root.exists() else "not found"
-        raise DatasetError(f"dataset folder {why}: {root}")
-    if layout == "auto":
-        layout = detect_layout(root)
-    if layout == "mvtec":
-        folders = _mvtec_category_dirs(root)
-        found = [_mvtec_category(n, folders[n]) for n in _select(list(folders), categories, root)]
-    elif layout == "visa":
-        if not (root / VISA_CSV).is_file():
-            raise DatasetError(f"not a VisA tree: {root / VISA_CSV} not found")
-        by_object: dict[str, list[dict[str, str]]] = {}
-        for row in _read_visa_csv(root):
-            by_object.setdefault(row["object"], []).append(row)
-        names = _select(sorted(by_object), categories, root)
-        found = [_visa_category(n, root, by_object[n]) for n in names]
-    else:
-        raise DatasetError(f"unknown layout {layout!r}: use auto, {', '.join(LAYOUTS)}")
-    for data in found:
-        if not data.test:
-            raise DatasetError(f"category {data.name} has no test images")
-        for sample in data.test:
-            if sample.mask is not None:
-                _check_mask_fits(sample.mask, sample.path)
-    return found
-
-
-def _check_mask_fits(mask: Path, image: Path) -> None:
-    """Headers only (no decoding): a mask that is no image, or whose shape differs from its
-    image's, is found before any model time is spent. A different size of the same shape
-    is fine: both are resized to the model's input."""
-    sizes = []
-    for path, what in ((mask, "mask"), (image, "image")):
-        try:
-            with Image.open(path) as img:
-                sizes.append(img.size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise DatasetError(f"cannot read {what} {path}: {' '.join(str(err).split())}") from err
-    (mw, mh), (iw, ih) = sizes
-    if abs(mw * ih - mh * iw) > 0.01 * iw * ih:  # aspect ratios differ by over 1 %
-        raise DatasetError(
-            f"mask {mask} is {mw}x{mh}, its image {image} is {iw}x{ih}: the mask would not "
-            "line up with the image"
-        )
-
-
-# ----- loading ------------------------------------------------------------------------
-
-
-def load_image(path: Path) -> Image.Image:
-    """The test or reference image in RGB (data.open_image), or DatasetError: a skipped
-    image would silently change the metrics."""
-    from .data import ImageReadError, open_image
-
-    try:
-        return open_image(path)
-    except ImageReadError as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from err
-
-
-def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool mask at ``size`` (nearest-neighbour resize, > 0); all False for None.
-
-    Read without the RGB conversion of images: 16-bit 0/1 masks would round to zero.
-    """
-    if path is None:
-        return np.zeros(size, dtype=bool)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mask = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"cannot read mask {path}: {' '.join(str(err).split())}") from err
-    if mask.mode not in ("1", "L", "I", "I;16", "F"):
-        mask = mask.convert("L")
-    resized = mask.resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return np.asarray(resized) > 0
-
-
-def _preprocess(wc: WinClip, paths: Sequence[Path]) -> torch.Tensor:
-    import torch
-
-    return torch.stack([wc.preprocess(load_image(p)) for p in paths])
-
-
-Batch = tuple[list[TestSample], "torch.Tensor", np.ndarray]
-
-
-class _TestSet:
-    """Batches of (samples, model inputs, masks at input size), cached when small enough."""
-
-    def __init__(self, wc: WinClip, samples: list[TestSample], batch_size: int) -> None:
-        self.wc, self.samples, self.batch_size = wc, samples, batch_size
-        height, width = wc.input_size
-        self.keep = len(samples) * height * width * 13 <= TEST_CACHE_BYTES  # 12 B input + mask
-        self._cache: list[Batch] | None = None
-
-    def batches(self) -> Iterator[Batch]:
-        if self._cache is not None:
-            yield from self._cache
-            return
-        loaded = []
-        for start in range(0, len(self.samples), self.batch_size):
-            chunk = self.samples[start : start + self.batch_size]
-            masks = np.stack([load_mask(s.mask, self.wc.input_size) for s in chunk])
-            for sample, mask in zip(chunk, masks, strict=True):
-                if sample.label and not mask.any():
-                    warnings.warn(
-                        f"the mask of anomalous image {sample.path} is empty: its defect "
-                        "counts as normal pixels",
-                        stacklevel=1,
-                    )
-            batch = (chunk, _preprocess(self.wc, [s.path for s in chunk]), masks)
-            if self.keep:
-                loaded.append(batch)
-            yield batch
-        if self.keep:
-            self._cache = loaded
-
-
-# ----- evaluation ---------------------------------------------------------------------
-
-
-def draw_references(data: CategoryData, k: int, seed: int) -> list[Path]:
-    """``k`` training normals drawn with ``random.Random(seed)`` (sorted pool)."""
+def draw_references(data: CategoryData, k: int, seed: int | None) -> list[Path]:
+    """The ``k`` references of a category: fewshot's picker (references.pick_references)
+    over the training normals, so `fewshot --ref train/good --k K --seed S` and eval use
+    the same images. Unreadable ones are passed over with a warning."""
     if len(data.train_good) < k:
         raise DatasetError(
             f"category {data.name}: {k}-shot needs {k} training normal images, "
             f"found {len(data.train_good)}"
         )
-    return random.Random(seed).sample(sorted(data.train_good), k)
+    chosen, skipped = pick_references(
+        sorted(data.train_good), k, seed, path_of=lambda p: p, name_of=str
+    )
+    for message in skipped:
+        warnings.warn(message, stacklevel=2)
+    if len(chosen) < k:
+        raise DatasetError(
+            f"category {data.name}: {k}-shot needs {k} readable training normal images, "
+            f"found {len(chosen)} of {len(data.train_good)}"
+        )
+    return chosen
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -400,41 +96,90 @@ class _Run:
     seed: int
     number: int
     runs: int
+    first_of_category: bool  # warns about the category's masks once
+
+
+@dataclass
+class _Engine:
+    """The local engine for one category's runs: the model and text are fixed, the bank
+    changes with k and seed."""
+
+    wc: WinClip
+    text: torch.Tensor
+    batch_size: int
+    workers: int
+
+    def with_bank(self, bank: ReferenceBank | None) -> LocalEngine:
+        scorer = Scorer(self.wc, self.text, bank, maps=True)
+        return LocalEngine(scorer, self.batch_size, self.workers)
+
+    def bank(self, refs: list[Path]) -> ReferenceBank | None:
+        import torch
+
+        if not refs:
+            return None
+        try:
+            x = torch.stack([self.wc.preprocess(open_image(p)) for p in refs])
+        except ImageReadError as err:  # readable a moment ago
+            raise DatasetError(f"cannot read reference {refs}: {err}") from err
+        return self.wc.reference_bank(x, batch_size=self.batch_size)
+
+
+def _warn_empty_mask(sample: TestSample, mask: np.ndarray) -> None:
+    if sample.label and not mask.any():
+        warnings.warn(
+            f"the mask of anomalous image {sample.path} is empty: its defect counts as "
+            "normal pixels",
+            stacklevel=2,
+        )
 
 
 def _evaluate_run(
-    wc: WinClip,
+    engine: _Engine,
     run: _Run,
-    tests: _TestSet,
-    *,
-    batch_size: int,
+    tests: list[InputImage],
     bins: int,
-    rows: Any,
+    rows: _ScoresWriter | None,
     root: Path,
     progress: Callable[[EvalProgress], None] | None,
 ) -> dict[str, Any]:
     """Scores and metrics of one run; writes its rows to the scores CSV writer ``rows``."""
-    from .model import upsample
+    from .scoring import upsample
 
+    wc = engine.wc
     refs = draw_references(run.data, run.k, run.seed) if run.k else []
-    bank = wc.reference_bank(_preprocess(wc, refs), batch_size=batch_size) if refs else None
+    local = engine.with_bank(engine.bank(refs))
     pixels = PixelMetrics(bins)
     labels: list[int] = []
     scores: list[float] = []
-    total = len(run.data.test)
-    for samples, x, masks in tests.batches():
-        pred = wc.predict(x, text=run.text, bank=bank, maps=True)
-        pixels.update(upsample(pred.grid_maps, wc.input_size).numpy(), masks)
-        batch_scores = pred.image_scores.double().tolist()
-        for sample, score in zip(samples, batch_scores, strict=True):
-            if rows is not None:
-                path = _relative(sample.path, root)
-                rows.writerow([run.data.name, run.k, run.seed, path, sample.label, repr(score)])
-        labels += [s.label for s in samples]
-        scores += batch_scores
-        if progress is not None:
-            args = (run.data.name, run.k, run.seed, len(labels), total, run.number, run.runs)
-            progress(EvalProgress(*args))
+    samples = run.data.test
+    total = len(samples)
+    chunk_maps: list[torch.Tensor] = []
+    chunk_masks: list[np.ndarray] = []
+    for index, result in enumerate(local.predict(tests)):
+        sample = samples[index]
+        if result.error is not None or result.grid_map is None or result.score is None:
+            # A skipped image would silently change the metrics.
+            raise DatasetError(f"cannot read image {sample.path}: {result.error}")
+        mask = load_mask(sample.mask, wc.input_size)
+        if run.first_of_category:
+            _warn_empty_mask(sample, mask)
+        chunk_maps.append(result.grid_map)
+        chunk_masks.append(mask)
+        if rows is not None:
+            path = _relative(sample.path, root)
+            rows.writerow([run.data.name, run.k, run.seed, path, sample.label, repr(result.score)])
+        labels.append(sample.label)
+        scores.append(result.score)
+        if len(chunk_maps) == engine.batch_size or index + 1 == total:
+            import torch
+
+            maps = upsample(torch.stack(chunk_maps), wc.input_size).numpy()
+            pixels.update(maps, np.stack(chunk_masks))
+            chunk_maps, chunk_masks = [], []
+            if progress is not None:
+                args = (run.data.name, run.k, run.seed, len(labels), total, run.number, run.runs)
+                progress(EvalProgress(*args))
     figures = image_metrics(np.array(labels), np.array(scores))
     figures.update(pixels.results())
     refs_text = [_relative(p, root) for p in refs]
@@ -493,7 +238,8 @@ def run_evaluation(
     shots: Sequence[int] = (0,),
     seeds: int | Sequence[int] = 1,
     class_name: str | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 0,
     bins: int = DEFAULT_BINS,
     scores_path: str | os.PathLike[str] | None = None,
     json_path: str | os.PathLike[str] | None = None,
@@ -508,7 +254,8 @@ def run_evaluation(
     k > 0 = WinCLIP+ with k references drawn from the training normals); ``seeds`` the
     number of seeds (0..N-1) or the seeds themselves, for k > 0 (k = 0 runs once);
     ``class_name`` the prompt class for every category (None: the category name);
-    ``batch_size`` images per forward pass; ``bins`` histogram bins of the pixel metrics;
+    ``batch_size`` images per forward pass; ``workers`` decoding processes (the local
+    engine's); ``bins`` histogram bins of the pixel metrics;
     ``scores_path`` per-image CSV (category, k, seed, path, label, score), rows flushed as
     they come; ``json_path`` the results as JSON; ``compare`` add the paper's numbers;
     ``table_stream`` where the table (and comparison) is written; ``progress`` called with
@@ -525,8 +272,8 @@ def run_evaluation(
     found = discover(root, layout, categories)
     for data in found:  # fail before any model time is spent
         for k in shot_list:
-            if k:
-                draw_references(data, k, seed_list[0])
+            if k and len(data.train_good) < k:
+                draw_references(data, k, seed_list[0])  # raises, saying what is missing
     layout = found[0].layout
     runs_total = len(found) * sum(len(_seeds_for(k, seed_list)) for k in shot_list)
     results: dict[str, Any] = {
@@ -543,7 +290,7 @@ def run_evaluation(
         for data in found:
             name = class_name or data.name
             text = wc.text_embeddings(name)
-            tests = _TestSet(wc, data.test, batch_size)
+            tests = [InputImage(s.path, str(s.path), _relative(s.path, root)) for s in data.test]
             entry: dict[str, Any] = {
                 "class_name": name,
                 "num_test": len(data.test),
@@ -552,14 +299,13 @@ def run_evaluation(
                 "shots": {},
             }
             for k in shot_list:
-                runs = []
+                runs: list[dict[str, Any]] = []
                 for seed in _seeds_for(k, seed_list):
                     number += 1
-                    run = _Run(data, text, k, seed, number, runs_total)
-                    figures = _evaluate_run(
-                        wc, run, tests, batch_size=batch_size, bins=bins,
-                        rows=rows, root=root, progress=progress,
-                    )  # fmt: skip
+                    first = not runs and k == shot_list[0]
+                    run = _Run(data, text, k, seed, number, runs_total, first)
+                    engine = _Engine(wc, text, batch_size, workers)
+                    figures = _evaluate_run(engine, run, tests, bins, rows, root, progress)
                     runs.append({key: _json_value(v) for key, v in figures.items()})
                 entry["shots"][str(k)] = {**_mean_std(runs), "runs": runs}
             results["categories"][data.name] = entry
@@ -575,6 +321,79 @@ def run_evaluation(
     if json_path is not None:
         _write_json(Path(json_path), results)
     return results
+
+
+def check_eval_options(opts: EvalOptions) -> PromptSet:
+    """Every check that needs no model (UsageError, DatasetError); returns the prompts."""
+    from .planning import (
+        check_class_name,
+        check_model_options,
+        check_writable_file,
+        prompt_file,
+        refuse_overwriting,
+    )
+
+    if opts.compare not in (None, "paper"):
+        raise UsageError(f"--compare {opts.compare!r}: the only comparison is 'paper'")
+    if opts.seeds < 1 or any(shot < 0 for shot in opts.shots):
+        raise UsageError("--seeds must be at least 1 and every --k at least 0")
+    if opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if opts.workers is not None and opts.workers < 0:
+        raise UsageError("--workers must be 0 or more")
+    if opts.class_name is not None:
+        check_class_name(opts.class_name)
+    inputs = [p for p in (opts.model.weights, prompt_file(opts.model)) if p is not None]
+    for option, path in (("--json", opts.json_path), ("--scores", opts.scores_path)):
+        if path is not None and str(path) != "-":
+            check_writable_file(path)
+            protected = [*inputs, path] if is_dataset_file(opts.root, path) else inputs
+            refuse_overwriting(option, path, protected)
+    json_path, scores_path = opts.json_path, opts.scores_path
+    if json_path and scores_path and os.path.abspath(json_path) == os.path.abspath(scores_path):
+        raise UsageError("--json and --scores name the same file")
+    prompts = check_model_options(opts.model)
+    discover(opts.root, layout=opts.layout, categories=opts.categories)
+    return prompts
+
+
+def evaluate_command(
+    opts: EvalOptions,
+    table_stream: IO[str] | None = None,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> int:
+    """`winclip eval`: check, load the model, evaluate; returns the exit code."""
+    from .model import WinClip
+
+    prompts = check_eval_options(opts)  # before paying for the model
+    m = opts.model
+    wc = WinClip.load(
+        model=m.model,
+        pretrained=m.pretrained,
+        weights=m.weights,
+        device=m.device,
+        precision=m.precision,
+        cache_dir=m.cache_dir,
+        prompts=prompts,
+        temperature=m.temperature,
+    )
+    run_evaluation(
+        wc,
+        opts.root,
+        layout=opts.layout,
+        categories=opts.categories,
+        shots=opts.shots,
+        seeds=opts.seeds,
+        class_name=opts.class_name,
+        batch_size=opts.batch_size,
+        workers=default_workers() if opts.workers is None else opts.workers,
+        scores_path=opts.scores_path,
+        json_path=opts.json_path,
+        compare=opts.compare == "paper",
+        table_stream=table_stream,
+        progress=progress,
+    )
+    return ExitCode.OK
 
 
 def _json_value(value: Any) -> Any:
@@ -662,48 +481,3 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(name.ljust(width) + "".join(c.rjust(cell) for c in cells))
         lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def compare_with_paper(results: dict[str, Any]) -> dict[str, Any]:
-    """Paper means (WINCLIP.md) beside the measured means and their difference, per k."""
-    layout = results["dataset"]["layout"]
-    out: dict[str, Any] = {
-        "dataset": DATASET_NAMES[layout],
-        "categories_measured": len(results["categories"]),
-        "categories_in_paper": DATASET_CATEGORIES[layout],
-        "shots": {},
-    }
-    for k in results["shots"]:
-        paper = PAPER_RESULTS[layout].get(k)
-        if paper is None:
-            out["shots"][str(k)] = None
-            continue
-        measured = {m: results["mean"][str(k)]["mean"][m] for m in paper}
-        diff = {m: None if measured[m] is None else measured[m] - paper[m] for m in paper}
-        out["shots"][str(k)] = {"paper": paper, "measured": measured, "difference": diff}
-    return out
-
-
-def _categories(count: int) -> str:
-    return f"{count} category" if count == 1 else f"{count} categories"
-
-
-def format_comparison(comparison: dict[str, Any]) -> str:
-    """Text block: paper vs measured means (in %) with the difference, per k."""
-    lines = [
-        f"Compared with the paper ({comparison['dataset']}; measured over "
-        f"{_categories(comparison['categories_measured'])}, paper over "
-        f"{comparison['categories_in_paper']}), in %:",
-        f"{'k':>3}  {'metric':<9}{'paper':>8}{'measured':>10}{'diff':>8}",
-    ]
-    for k, entry in comparison["shots"].items():
-        if entry is None:
-            lines.append(f"{k:>3}  no published figure for {k}-shot")
-            continue
-        for metric, paper in entry["paper"].items():
-            measured, diff = entry["measured"][metric], entry["difference"][metric]
-            m_text = "n/a" if measured is None else f"{100 * measured:.1f}"
-            d_text = "n/a" if diff is None else f"{100 * diff:+.1f}"
-            title = COLUMN_TITLES[metric]
-            lines.append(f"{k:>3}  {title:<9}{100 * paper:>8.1f}{m_text:>10}{d_text:>8}")
-    return "\n".join(lines) + "\n\n"

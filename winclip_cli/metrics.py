@@ -16,6 +16,8 @@ from types import ModuleType
 
 import numpy as np
 
+from .errors import MissingDependencyError
+
 DEFAULT_BINS = 10_000
 # The MVTec AD PRO: area under the per-region-overlap curve up to this false-positive rate.
 PRO_FPR_LIMIT = 0.3
@@ -25,10 +27,16 @@ REGION_STRUCTURE = np.ones((3, 3), dtype=int)
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_pro")
 METRIC_KEYS = IMAGE_KEYS + PIXEL_KEYS
-
-
-class MissingDependencyError(ImportError):
-    """scikit-learn or scipy (the ``eval`` extra) is not installed."""
+# How tables title each metric.
+COLUMN_TITLES = {
+    "image_auroc": "I-AUROC",
+    "image_ap": "I-AP",
+    "image_f1max": "I-F1max",
+    "pixel_auroc": "P-AUROC",
+    "pixel_ap": "P-AP",
+    "pixel_f1max": "P-F1max",
+    "pixel_pro": "PRO",
+}
 
 
 def require(module: str) -> ModuleType:

@@ -1,95 +1,73 @@
 """Everything checked before the model is loaded: options, inputs, references, outputs.
 
-A mistake found here is a UsageError (exit 2) that costs no model time, and nothing has
-been written yet: ``plan`` turns the options into a Plan, or refuses them.
+``plan`` turns RunOptions into a complete Plan, or refuses them with a UsageError
+(exit 2) that costs no model time. The only thing it touches on disk is the -o file:
+it opens and locks it (creating it if new: a run that then fails removes it again) and,
+with --resume, cuts a torn last row off it. The Plan holds that file until it is closed.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
 
-from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
-from .data import ImageReadError, InputImage, find_images, open_image
-from .outputs import (
-    FileBusyError,
-    RowsFile,
-    columns,
-    label,
-    output_name,
-    read_finished_rows,
-)
-from .prompts import PromptSet, clean_class_name, load_prompt_file
-
-DEFAULT_OUT_DIR = Path("winclip-out")
-DEFAULT_K = 4  # reference images taken from a --ref folder
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: exit 2, nothing scored."""
+from .cache import ReferenceBank
+from .data import InputImage, find_images
+from .decision import DecisionRule, ThresholdRule
+from .errors import BankFileError, PromptFileError, UsageError
+from .options import DEFAULT_K, LOCAL_DIR, ModelOptions, RunOptions
+from .outputs import output_name
+from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
+from .references import pick_references
+from .rows import FORMATS, RowsFile, columns, read_finished_rows
 
 
 @dataclass
-class ModelOptions:
-    model: str = DEFAULT_MODEL
-    pretrained: str | None = DEFAULT_PRETRAINED
-    weights: Path | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    prompts: Path | None = None
-    temperature: float | None = None
-    cache_dir: Path | None = None
+class References:
+    """Where the reference bank comes from: K readable images of a --ref folder, or the
+    bank read from a --ref file; neither without --ref."""
 
-
-@dataclass
-class RunOptions:
-    inputs: list[Path] = field(default_factory=lambda: [Path(".")])
-    class_name: str = "object"
-    maps: bool = False  # segment / fewshot: an overlay per image
-    require_ref: bool = False  # fewshot
-    ref: Path | None = None  # folder of normal images, or a saved bank file
-    k: int | None = None  # references to use from a --ref folder (default DEFAULT_K)
-    seed: int | None = None
-    save_bank: Path | None = None
-    out_dir: Path = DEFAULT_OUT_DIR
-    save_maps: bool = False
-    batch_size: int = 8
-    workers: int | None = None
-    output: str | None = None
-    fmt: str = "csv"
-    threshold: float | None = None
-    fail_on_anomaly: bool = False
-    resume: bool = False
-    model: ModelOptions = field(default_factory=ModelOptions)
-
-    @property
-    def to_stdout(self) -> bool:
-        """Rows go to stdout (no -o, or -o -)."""
-        return self.output in (None, "-")
-
-    @property
-    def resume_hint(self) -> str:
-        """How to continue this run later, for messages ('' when rows go to stdout)."""
-        return "" if self.to_stdout else f"; continue with --resume -o {self.output}"
+    source: Path | None = None  # the --ref option
+    images: list[InputImage] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # why unreadable images were passed over
+    bank: ReferenceBank | None = None
+    save_to: Path | None = None  # --save-bank
 
 
 @dataclass
 class Plan:
-    """What was checked before the model is loaded."""
+    """Everything one run needs, checked: a context manager that holds the -o file."""
 
-    images: list[InputImage]
-    prompts: PromptSet
-    ref_images: list[InputImage]  # the K references, all readable
-    ref_skipped: list[str]  # why unreadable references were passed over
-    bank: Any  # a ReferenceBank read from --ref FILE, or None
-    cols: list[str]
+    opts: RunOptions
+    images: list[InputImage]  # every input, in input order
+    todo: list[InputImage]  # those still to score (all but --resume's finished ones)
     done: dict[str, dict[str, str]]  # --resume: path -> row already in the output file
+    prompts: PromptSet
+    references: References
+    cols: list[str]
+    rule: DecisionRule | None  # the verdict of a row; None: no label column
     rows_file: RowsFile | None  # -o FILE, locked; None for stdout
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the -o file (removed again when this run created it and wrote nothing)."""
+        if self.rows_file is not None:
+            self.rows_file.release()
 
 
 def check_writable_file(path: Path) -> None:
@@ -119,28 +97,13 @@ def _check_out_dir(out_dir: Path) -> None:
         raise UsageError(f"cannot write to output folder {out_dir}: permission denied")
 
 
-def _read_bank_file(path: Path) -> Any:
-    from .cache import BankFileError, load_bank
+def _read_bank_file(path: Path) -> ReferenceBank:
+    from .cache import load_bank
 
     try:
         return load_bank(path)
     except BankFileError as exc:
         raise UsageError(str(exc)) from exc
-
-
-def _first_readable(candidates: list[InputImage], k: int) -> tuple[list[InputImage], list[str]]:
-    """The first k decodable references (no model needed), and why others were skipped."""
-    chosen: list[InputImage] = []
-    skipped: list[str] = []
-    for image in candidates:
-        if len(chosen) == k:
-            break
-        try:
-            open_image(image.path)
-            chosen.append(image)
-        except ImageReadError as exc:
-            skipped.append(f"reference {image.display} skipped: {exc}")
-    return chosen, skipped
 
 
 def check_class_name(class_name: str) -> None:
@@ -150,11 +113,17 @@ def check_class_name(class_name: str) -> None:
         raise UsageError(str(exc)) from exc
 
 
+def prompt_file(model: ModelOptions) -> Path | None:
+    """The JSON prompt file the run reads, if any (a preset name is no file)."""
+    if model.prompts is None or str(model.prompts) in PRESETS:
+        return None
+    return Path(model.prompts)
+
+
 def check_model_options(model: ModelOptions) -> PromptSet:
     """Model options that can be checked without loading it; returns the prompt set."""
     from .backbone import resolve_device, resolve_precision
-    from .model import check_temperature
-    from .prompts import PromptFileError
+    from .scoring import check_temperature
 
     if model.temperature is not None:
         try:
@@ -167,16 +136,16 @@ def check_model_options(model: ModelOptions) -> PromptSet:
         resolve_precision(model.precision, resolve_device(model.device))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if model.prompts is None:
-        return PromptSet()
     try:
-        return load_prompt_file(model.prompts)
+        return resolve_prompts(model.prompts)
     except PromptFileError as exc:
         raise UsageError(str(exc)) from exc
 
 
 def _check_numbers(opts: RunOptions) -> None:
     check_class_name(opts.class_name)
+    if opts.fmt not in FORMATS:
+        raise UsageError(f"--format {opts.fmt!r}: use {' or '.join(FORMATS)}")
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if opts.workers is not None and opts.workers < 0:
@@ -197,33 +166,34 @@ def _check_numbers(opts: RunOptions) -> None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
 
 
-def _plan_references(opts: RunOptions) -> tuple[list[InputImage], list[str], Any]:
-    """The K readable reference images (folder) or the bank (file): (images, skipped, bank)."""
+def _plan_references(opts: RunOptions) -> References:
+    """The K readable reference images (folder) or the bank (file)."""
+    refs = References(source=opts.ref, save_to=opts.save_bank)
     if opts.ref is None:
-        return [], [], None
+        return refs
     if opts.ref.is_file():
-        bank = _read_bank_file(opts.ref)
+        refs.bank = bank = _read_bank_file(opts.ref)
         if opts.seed is not None:
             raise UsageError(f"--seed picks images from a folder; --ref {opts.ref} is a bank")
         if opts.k is not None and opts.k != bank.num_images:
             raise UsageError(
                 f"--ref {opts.ref} holds {bank.num_images} reference image(s), not --k {opts.k}"
             )
-        return [], [], bank
+        return refs
     if not opts.ref.is_dir():
         raise UsageError(f"--ref {opts.ref}: no such folder or bank file")
     k = DEFAULT_K if opts.k is None else opts.k
     candidates = find_images([opts.ref])
     if len(candidates) < k:
         raise UsageError(f"--ref {opts.ref} has {len(candidates)} image(s), --k {k} needs {k}")
-    if opts.seed is not None:
-        random.Random(opts.seed).shuffle(candidates)
-    chosen, skipped = _first_readable(candidates, k)
-    if len(chosen) < k:
+    refs.images, refs.skipped = pick_references(
+        candidates, k, opts.seed, path_of=lambda im: im.path, name_of=lambda im: im.display
+    )
+    if len(refs.images) < k:
         raise UsageError(
-            f"--ref {opts.ref} has only {len(chosen)} readable image(s), --k {k} needs {k}"
+            f"--ref {opts.ref} has only {len(refs.images)} readable image(s), --k {k} needs {k}"
         )
-    return chosen, skipped, None
+    return refs
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -261,7 +231,7 @@ def _find_inputs(opts: RunOptions) -> list[InputImage]:
 
 
 def refuse_overwriting(
-    option: str, target: Path | None, files: list[Path], folders: list[Path] = ()
+    option: str, target: Path | None, files: list[Path], folders: Sequence[Path] = ()
 ) -> None:
     """UsageError when writing ``target`` would destroy one of the run's inputs: one of
     ``files`` (the same file under any name) or an existing file in one of ``folders``."""
@@ -287,13 +257,12 @@ def _check_not_clobbering(
 ) -> None:
     """Nothing the run writes may be something it reads (an image, a reference, the bank,
     the weights, the prompt file, the model's folder) or another of its outputs."""
-    output = None if opts.to_stdout else Path(opts.output)  # type: ignore[arg-type]
-    both = output is not None and opts.save_bank is not None
-    if both and os.path.abspath(output) == os.path.abspath(opts.save_bank):  # type: ignore[arg-type]
+    output = None if opts.output is None or opts.to_stdout else Path(opts.output)
+    if output and opts.save_bank and os.path.abspath(output) == os.path.abspath(opts.save_bank):
         raise UsageError("-o and --save-bank name the same file")
     m = opts.model
     files = [x.path for x in (*images, *refs)]
-    files += [p for p in (opts.ref, m.weights, m.prompts) if p is not None]
+    files += [p for p in (opts.ref, m.weights, prompt_file(m)) if p is not None]
     folders = [Path(m.model[len(LOCAL_DIR) :])] if m.model.startswith(LOCAL_DIR) else []
     for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
         refuse_overwriting(option, target, files, folders)
@@ -317,20 +286,23 @@ def _check_not_clobbering(
         raise UsageError(f"--out {opts.out_dir}: an overlay would overwrite the input {clash}")
 
 
-def _read_resume(opts: RunOptions, cols: list[str]) -> dict[str, dict[str, str]]:
+def _read_resume(
+    opts: RunOptions, cols: list[str], rule: DecisionRule | None
+) -> dict[str, dict[str, str]]:
     """Rows already in -o FILE (--resume), by absolute path; refuses a file whose labels
-    disagree with this run's --threshold (the file would contradict itself)."""
-    out = Path(opts.output)  # type: ignore[arg-type]
+    disagree with this run's decision rule (the file would contradict itself)."""
+    assert opts.output is not None
+    out = Path(opts.output)
     if not (opts.resume and out.is_file()):
         return {}
     try:
         rows = read_finished_rows(out, opts.fmt, cols)
     except (ValueError, OSError) as exc:
         raise UsageError(f"cannot resume: {exc}") from exc
-    if "label" in cols:
+    if rule is not None:
         for row in rows:
             score = float(row["score"]) if row.get("score") not in (None, "") else None
-            if row["label"] != label(score, opts.threshold):
+            if row["label"] != rule.label(score):
                 raise UsageError(
                     f"cannot resume: {out} was labelled with another --threshold "
                     f"({row['path']} is {row['label']!r} at {row['score']}); "
@@ -349,28 +321,26 @@ def plan(opts: RunOptions) -> Plan:
     """Validate everything that can be validated without the model (exit 2 on failure)."""
     _check_numbers(opts)
     prompts = check_model_options(opts.model)
-    ref_images, skipped, bank = _plan_references(opts)
+    refs = _plan_references(opts)
     if opts.save_bank is not None:
         if opts.ref is None:
             raise UsageError("--save-bank needs --ref (the folder of normal images)")
-        if bank is not None:
+        if refs.bank is not None:
             raise UsageError("--save-bank needs --ref to be a folder of images, not a bank")
         check_writable_file(opts.save_bank)
     if opts.maps:
         _check_out_dir(opts.out_dir)
     images = _find_inputs(opts)
-    _check_not_clobbering(opts, images, ref_images)
-    cols = columns(opts.maps, opts.maps and opts.save_maps, opts.threshold)
-    if opts.to_stdout:
-        return Plan(images, prompts, ref_images, skipped, bank, cols, {}, None)
-    output = Path(opts.output)  # type: ignore[arg-type]
+    _check_not_clobbering(opts, images, refs.images)
+    rule = None if opts.threshold is None else ThresholdRule(opts.threshold)
+    cols = columns(opts.maps, opts.maps and opts.save_maps, labelled=rule is not None)
+    if opts.output is None or opts.to_stdout:
+        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None)
+    output = Path(opts.output)
     check_writable_file(output)
+    rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
     try:
-        rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
-    except FileBusyError as exc:
-        raise UsageError(f"{exc}: wait for it, or write to another file") from exc
-    try:
-        done = _read_resume(opts, cols)
+        done = _read_resume(opts, cols, rule)
         rows_file.follow()  # a repair may have replaced the file
         if done and not any(resume_key(im.display) in done for im in images):
             raise UsageError(
@@ -380,4 +350,5 @@ def plan(opts: RunOptions) -> Plan:
     except BaseException:
         rows_file.release()
         raise
-    return Plan(images, prompts, ref_images, skipped, bank, cols, done, rows_file)
+    todo = [im for im in images if resume_key(im.display) not in done]
+    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any
+from typing import IO, Any, cast
 
 
 def _one_line(message: str) -> str:
@@ -50,7 +50,9 @@ class Reporter:
         # With stderr closed (`2>&-`) Python has none: messages go nowhere, never to stdout.
         target = stream or sys.stderr or open(os.devnull, "w")  # noqa: SIM115
         self.stream = MessageStream(target)
-        self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
+        # MessageStream has what Console uses of a file (write, flush, isatty, encoding).
+        console_file = cast("IO[str]", self.stream)
+        self.console = Console(file=console_file, highlight=False, soft_wrap=True)
         self._progress: Any = None
         self._task: Any = None
 

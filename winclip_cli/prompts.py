@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import PromptFileError
+
 NORMAL_STATES: tuple[str, ...] = (
     "{}",
     "flawless {}",
@@ -47,10 +49,6 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
-class PromptFileError(ValueError):
-    """A prompt file that cannot be used; the message names the file and the problem."""
-
-
 @dataclass(frozen=True)
 class PromptSet:
     """State words and templates; every string holds exactly one ``{}``."""
@@ -67,6 +65,26 @@ class PromptSet:
             return [t.replace("{}", s.replace("{}", name)) for s in states for t in self.templates]
 
         return fill(self.normal), fill(self.anomalous)
+
+
+# Prompt sets by name (--prompts NAME): the paper's ensemble, and its CLIP-AC baseline
+# (two plain states in one template). A name here wins over a file of the same name;
+# `./clip-ac` names the file.
+PRESETS: dict[str, PromptSet] = {
+    "winclip": PromptSet(),
+    "clip-ac": PromptSet(
+        normal=("normal {}",), anomalous=("anomalous {}",), templates=("a photo of a {}.",)
+    ),
+}
+
+
+def resolve_prompts(value: str | Path | None) -> PromptSet:
+    """The prompt set for ``--prompts``: None (the paper's), a preset name or a JSON file."""
+    if value is None:
+        return PRESETS["winclip"]
+    if str(value) in PRESETS:
+        return PRESETS[str(value)]
+    return load_prompt_file(value)
 
 
 def clean_class_name(class_name: str) -> str:

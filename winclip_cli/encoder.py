@@ -1,0 +1,174 @@
+"""The ViT window encoder: image, window and text embeddings from an open_clip model.
+
+The only module that knows open_clip's model internals (the visual tower's layers,
+its token layout, the tokenizer). Everything here returns L2-normalised float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+from .windows import window_indices
+
+# Window sequences run in chunks of at most this many tokens. On a CPU small chunks keep
+# the working set in cache: for the default model, 1024 tokens ran 9% faster than 16384
+# and peaked 0.7 GB lower (benchmarks/run.py). A GPU wants large launches.
+CPU_WINDOW_TOKENS = 1024
+ACCELERATOR_WINDOW_TOKENS = 32768
+
+
+@dataclass
+class Features:
+    """Image-side features of a batch (all float32)."""
+
+    embedding: torch.Tensor  # (B, D) projected class token, L2-normalised
+    patch_tokens: torch.Tensor | None  # (B, N, W) after ln_post, L2-normalised
+    windows: dict[int, torch.Tensor]  # scale -> (B, num_windows, D), L2-normalised
+
+
+def _is_plain_block(block: torch.nn.Module) -> bool:
+    """True for open_clip's standard ResidualAttentionBlock, which the fast path re-implements."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is ResidualAttentionBlock
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, torch.nn.MultiheadAttention)
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+    )
+
+
+def _plain_block_forward(block: Any, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
+    """ResidualAttentionBlock.forward on batch-first (S, L, W) sequences.
+
+    The same arithmetic as open_clip's block, through scaled_dot_product_attention; with
+    ``class_token_only`` only the class token's output (S, 1, W) is computed, which is all
+    the last layer of a window pass needs.
+    """
+    attn = block.attn
+    heads = attn.num_heads
+    seqs, length, width = x.shape
+    h = block.ln_1(x)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    if class_token_only:
+        q, x = q[:, :1], x[:, :1]
+    q_len = q.shape[1]
+    q = q.reshape(seqs, q_len, heads, -1).transpose(1, 2)
+    k = k.reshape(seqs, length, heads, -1).transpose(1, 2)
+    v = v.reshape(seqs, length, heads, -1).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v)
+    out = attn.out_proj(out.transpose(1, 2).reshape(seqs, q_len, width))
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+class WindowEncoder:
+    """Image embeddings, patch tokens and window embeddings (WINCLIP.md, token masking)
+    of a ViT with a class token; its geometry is read from the model."""
+
+    def __init__(self, backbone: Backbone, scales: tuple[int, ...]) -> None:
+        self.backbone = backbone
+        self.visual: Any = backbone.clip.visual
+        self.device = backbone.device
+        v = self.visual
+        self.input_size: tuple[int, int] = (int(v.image_size[0]), int(v.image_size[1]))
+        self.grid_size: tuple[int, int] = (int(v.grid_size[0]), int(v.grid_size[1]))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.visual_width = int(v.conv1.out_channels)
+        self.embed_dim = int(v.proj.shape[1]) if v.proj is not None else self.visual_width
+        self.scales = scales
+        cpu = self.device.type == "cpu"
+        self.window_token_budget = CPU_WINDOW_TOKENS if cpu else ACCELERATOR_WINDOW_TOKENS
+        self.windows = {k: window_indices(*self.grid_size, k).to(self.device) for k in scales}
+        self.fast_blocks = all(_is_plain_block(b) for b in v.transformer.resblocks)
+        self._tokenizer: Any = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = self.backbone.dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ----- text -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: list[str], batch_size: int = 128) -> torch.Tensor:
+        """L2-normalised text embeddings (n, D) of the given prompts."""
+        if self._tokenizer is None:
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self.backbone.model_name)
+        # Always fp32, without autocast: the result is cached and shared by every precision.
+        chunks = []
+        for start in range(0, len(prompts), batch_size):
+            tokens = self._tokenizer(prompts[start : start + batch_size]).to(self.device)
+            chunks.append(self.backbone.clip.encode_text(tokens).float())
+        return F.normalize(torch.cat(chunks), dim=-1)
+
+    # ----- images ---------------------------------------------------------------------
+
+    def _embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + class token + positions, then ln_pre: (B, 1 + N, W).
+
+        ln_pre acts on each token alone, so applying it before gathering window tokens
+        gives the same sequences as applying it to each gathered window.
+        """
+        v = self.visual
+        x = v.conv1(x).flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.ln_pre(x)
+
+    def _transformer(self, x: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+        """The visual transformer on batch-first (S, L, W) sequences, each on its own."""
+        if not self.fast_blocks:  # open_clip's own forward handles its layout
+            out = self.visual.transformer(x)
+            return out[:, :1] if class_token_only else out
+        blocks = self.visual.transformer.resblocks
+        last = len(blocks) - 1
+        for i, block in enumerate(blocks):
+            x = _plain_block_forward(block, x, class_token_only and i == last)
+        return x
+
+    def _project(self, class_tokens: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        projected = v.ln_post(class_tokens)
+        if v.proj is not None:
+            projected = projected @ v.proj
+        return F.normalize(projected.float(), dim=-1)
+
+    def _window_embeddings(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, num_windows, D): each window's class token + k*k patches, run on their own."""
+        idx = self.windows[k]
+        batch, num_windows = tokens.shape[0], idx.shape[0]
+        patches = tokens[:, 1:][:, idx]  # (B, Nw, k*k, W)
+        cls = tokens[:, :1, None].expand(-1, num_windows, -1, -1)
+        seqs = torch.cat([cls, patches], dim=2).flatten(0, 1)  # (B*Nw, 1+k*k, W)
+        per_chunk = max(1, self.window_token_budget // seqs.shape[1])
+        outs = [
+            self._transformer(chunk, class_token_only=True)[:, 0] for chunk in seqs.split(per_chunk)
+        ]
+        return self._project(torch.cat(outs)).view(batch, num_windows, -1)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor, windows: bool = True, patch_tokens: bool = False) -> Features:
+        """Image embedding, and on request window embeddings and patch tokens, of (B, 3, H, W)."""
+        x = x.to(self.device, non_blocking=True)
+        with self._autocast():
+            tokens = self._embed_tokens(x.to(self.visual.conv1.weight.dtype))
+            out = self._transformer(tokens, class_token_only=not patch_tokens)
+            embedding = self._project(out[:, 0])
+            patches = None
+            if patch_tokens:
+                patches = F.normalize(self.visual.ln_post(out[:, 1:]).float(), dim=-1)
+            wins = {k: self._window_embeddings(tokens, k) for k in self.scales} if windows else {}
+        return Features(embedding, patches, wins)

@@ -1,0 +1,91 @@
+"""Every run and model option with its default, once. No torch: the CLI imports this
+for `--help`, which must answer at once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_PRETRAINED = "laion400m_e31"
+DEFAULT_OUT_DIR = Path("winclip-out")
+DEFAULT_K = 4  # reference images taken from a --ref folder
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SCALES = (2, 3)
+DEFAULT_CLASS = "object"
+LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
+DEFAULT_FORMAT = "csv"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def default_workers() -> int:
+    """Decoding processes: enough to keep up with inference, leaving cores for torch."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+@dataclass
+class ModelOptions:
+    """What loads the model and builds its text side."""
+
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
+    weights: Path | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    prompts: str | Path | None = None  # a preset name (prompts.PRESETS) or a JSON file
+    temperature: float | None = None
+    cache_dir: Path | None = None
+
+
+@dataclass
+class RunOptions:
+    """One run of score / segment / fewshot, as the user gave it."""
+
+    inputs: list[Path] = field(default_factory=lambda: [Path(".")])
+    class_name: str = DEFAULT_CLASS
+    maps: bool = False  # segment / fewshot: an overlay per image
+    require_ref: bool = False  # fewshot
+    ref: Path | None = None  # folder of normal images, or a saved bank file
+    k: int | None = None  # references to use from a --ref folder (default DEFAULT_K)
+    seed: int | None = None
+    save_bank: Path | None = None
+    out_dir: Path = DEFAULT_OUT_DIR
+    save_maps: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None  # None: default_workers()
+    output: str | None = None
+    fmt: str = DEFAULT_FORMAT
+    threshold: float | None = None
+    fail_on_anomaly: bool = False
+    resume: bool = False
+    model: ModelOptions = field(default_factory=ModelOptions)
+
+    @property
+    def to_stdout(self) -> bool:
+        """Rows go to stdout (no -o, or -o -)."""
+        return self.output in (None, "-")
+
+    @property
+    def resume_hint(self) -> str:
+        """How to continue this run later, for messages ('' when rows go to stdout)."""
+        return "" if self.to_stdout else f"; continue with --resume -o {self.output}"
+
+
+@dataclass
+class EvalOptions:
+    """One `winclip eval`: a labelled dataset, the shots and seeds, where figures go."""
+
+    root: Path
+    layout: str = "auto"
+    categories: list[str] | None = None
+    shots: list[int] = field(default_factory=lambda: [0])
+    seeds: int = 1
+    class_name: str | None = None  # None: each category's own name
+    json_path: Path | None = None
+    scores_path: Path | None = None
+    compare: str | None = None  # 'paper'
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None
+    model: ModelOptions = field(default_factory=ModelOptions)

@@ -1,0 +1,311 @@
+"""Result rows: the columns, the row formats (one table: header, encode, parse), the
+writer that flushes each row, the reader that --resume uses, and the held -o file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import stat
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .atomic import atomic_write
+from .errors import FileBusyError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]  # no locking there (see RowsFile)
+
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows would write CRLF line ends otherwise
+# Writing rows and file names with surrogateescape lets any OS file name round-trip.
+ENCODING_ERRORS = "surrogateescape"
+SCORE_DECIMALS = 6
+
+# Every column a run can write, in the fixed order, with what it holds (for --help).
+COLUMNS: dict[str, str] = {
+    "path": "the input file, as given on the command line and walked down",
+    "score": "anomaly score in [0, 1], 6 decimals; empty on an error row",
+    "label": "anomalous or normal (with a decision rule: --threshold)",
+    "map_max": "maximum of the anomaly map (segment, fewshot)",
+    "overlay": "the heatmap overlay written for this input (segment, fewshot)",
+    "map": "the raw map written with --save-maps",
+    "status": "ok or error",
+    "error": "why the input could not be scored; empty when ok",
+}
+
+
+@dataclass
+class Row:
+    """One output row; ``score`` is None when the input could not be scored."""
+
+    path: str
+    score: float | None = None
+    status: str = "ok"
+    error: str = ""
+    map_max: float | None = None
+    overlay: str = ""
+    map: str = ""
+    label: str = ""  # set by the run's decision rule, once
+
+
+def columns(with_maps: bool, saved_maps: bool, labelled: bool) -> list[str]:
+    """The run's columns, in COLUMNS order."""
+    wanted = {"path", "score", "status", "error"}
+    wanted |= {"label"} if labelled else set()
+    wanted |= {"map_max", "overlay"} if with_maps else set()
+    wanted |= {"map"} if saved_maps else set()
+    return [c for c in COLUMNS if c in wanted]
+
+
+def csv_line(values: Sequence[str]) -> str:
+    """One CSV record ending in a bare newline (friendly to line tools).
+
+    The csv module quotes only fields holding the line terminator's characters, so a
+    file name with a carriage return would be written bare and split by every reader;
+    such a record is written with every field quoted.
+    """
+    buffer = io.StringIO()
+    if any("\r" in v for v in values):
+        csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(values)
+    else:
+        csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+# ----- the formats ----------------------------------------------------------------------
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def _csv_parse(text: str, cols: list[str], path: Path) -> list[dict[str, Any]]:
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    if records and records[0] != cols:
+        first = text.split("\n", 1)[0]
+        if first.startswith("{"):
+            raise ValueError(f"{path} holds JSON lines: resume it with --format jsonl")
+        shown = "".join(c if c.isprintable() else "?" for c in first[:120])
+        raise ValueError(f"{path} starts with {shown!r}, not this run's columns {','.join(cols)}")
+    body = records[1:]
+    if body and (not text.endswith("\n") or len(body[-1]) != len(cols)):
+        body = body[:-1]  # torn by a crash mid-write
+    return [dict(zip(cols, r, strict=False)) for r in body if len(r) == len(cols)]
+
+
+def _jsonl_parse(text: str, cols: list[str], path: Path) -> list[dict[str, Any]]:
+    rows = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) - 1:  # torn by a crash mid-write
+                break
+            raise ValueError(f"{path}: line {number + 1} is not JSON") from None
+        if not isinstance(record, dict) or set(record) != set(cols):
+            raise ValueError(f"{path} has other fields than this run would write")
+        rows.append(record)
+    return rows
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """How rows of one format are written and read back."""
+
+    header: Callable[[list[str]], str]  # text before the first row
+    encode: Callable[[dict[str, Any]], str]  # one record, ending in a newline
+    parse: Callable[[str, list[str], Path], list[dict[str, Any]]]  # finished rows
+
+
+FORMATS: dict[str, RowFormat] = {
+    "csv": RowFormat(
+        header=csv_line,
+        encode=lambda record: csv_line([_csv_cell(v) for v in record.values()]),
+        parse=_csv_parse,
+    ),
+    "jsonl": RowFormat(
+        header=lambda _cols: "",
+        encode=lambda record: json.dumps(record, ensure_ascii=False) + "\n",
+        parse=_jsonl_parse,
+    ),
+}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, SCORE_DECIMALS)
+
+
+class RowWriter:
+    """Writes rows as they come, each in one write followed by a flush, so an interrupted
+    run leaves a valid file with every finished row."""
+
+    def __init__(self, stream: IO[str], fmt: str, cols: list[str], header: bool = True) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
+        self.stream, self.format, self.cols = stream, FORMATS[fmt], cols
+        if header and (text := self.format.header(cols)):
+            self._write(text)
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def record(self, row: Row) -> dict[str, Any]:
+        """The row as a dict of this run's columns (numbers rounded to 6 decimals)."""
+        values: dict[str, Any] = {
+            "path": row.path,
+            "score": _rounded(row.score),
+            "label": row.label,
+            "map_max": _rounded(row.map_max),
+            "overlay": row.overlay,
+            "map": row.map,
+            "status": row.status,
+            "error": row.error,
+        }
+        return {c: values[c] for c in self.cols}
+
+    def write(self, row: Row) -> None:
+        self._write(self.format.encode(self.record(row)))
+
+
+def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, Any]]:
+    """Rows already in an output file, for --resume; a torn last row is dropped and the
+    file rewritten without it. Raises ValueError when the file is of another shape."""
+    raw = path.read_bytes()  # once, as bytes: text mode would turn a quoted \r into \n
+    text = raw.decode("utf-8", errors=ENCODING_ERRORS)
+    if not text:
+        return []
+    rows = FORMATS[fmt].parse(text, cols, path)
+    _rewrite(path, raw, fmt, cols, rows)
+    return rows
+
+
+def _rewrite(path: Path, old: bytes, fmt: str, cols: list[str], rows: list[dict[str, Any]]) -> None:
+    """Make the file at ``path`` (whose bytes are ``old``) hold exactly ``rows``."""
+    form = FORMATS[fmt]
+    text = form.header(cols) + "".join(form.encode({c: r[c] for c in cols}) for r in rows)
+    data = text.encode("utf-8", errors=ENCODING_ERRORS)
+    if data == old:
+        return
+    if old.startswith(data):  # a torn last row: cut it off in place (the run's lock stays)
+        os.truncate(path, len(data))
+    else:  # rows written otherwise (another version): rewrite them whole
+        atomic_write(path, lambda f: f.write(data))
+
+
+# ----- where rows go --------------------------------------------------------------------
+
+
+def discard_stdout() -> None:
+    """Point stdout's descriptor at /dev/null: rows still buffered for a reader that went
+    away, or a full disk, would otherwise fail again, noisily, when Python exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def stdout_rows() -> IO[str]:
+    """stdout as the row stream: bytes that are not UTF-8 in names pass through."""
+    stream = sys.stdout
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors=ENCODING_ERRORS)
+    return stream
+
+
+class RowsFile:
+    """The -o file, held for the whole run by an exclusive advisory lock: a second run on
+    the same file (an overlapping cron job) is refused, rather than both writing rows
+    into it. Opened without truncating: a refused run leaves the file as it was.
+
+    A FIFO or device (`-o /dev/stdout`) is just opened for writing: nothing to lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        try:
+            special = not stat.S_ISREG(os.stat(path).st_mode)
+        except FileNotFoundError:
+            special = False
+        self.regular = not special
+        if special:
+            self.created = False
+            self.fd = os.open(path, os.O_WRONLY | _BINARY)
+            return
+        for _attempt in range(5):
+            self.created = not path.exists()
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
+            self._lock()
+            if self._still_the_file():
+                return
+            # Removed or replaced between open and lock (a run that failed before
+            # writing removes the file it created): hold the file now at the path.
+            os.close(self.fd)
+        raise FileBusyError(
+            f"{path} keeps being replaced by another program: wait for it, or write to another file"
+        )
+
+    def _lock(self) -> None:
+        if fcntl is None:  # Windows: no flock; runs on one file are the user's to keep apart
+            return
+        fd = self.fd
+        assert fd is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            self.fd = None
+            raise FileBusyError(
+                f"{self.path} is being written by another winclip run: wait for it, or "
+                "write to another file"
+            ) from exc
+        except OSError:  # no locking on this filesystem (NFS without lockd, some FUSE)
+            pass
+
+    def _still_the_file(self) -> bool:
+        try:
+            assert self.fd is not None
+            return os.path.samestat(os.fstat(self.fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def follow(self) -> None:
+        """Hold the file at the path again after it was replaced whole (a resume repair
+        of a file this version did not write)."""
+        if self.regular and not self._still_the_file():
+            assert self.fd is not None
+            os.close(self.fd)
+            self.fd = os.open(self.path, os.O_RDWR | _BINARY)
+            self._lock()
+
+    def stream(self, append: bool) -> IO[str]:
+        """The row stream on the held file: at its end (append) or emptied first."""
+        assert self.fd is not None
+        if self.regular and append:
+            os.lseek(self.fd, 0, os.SEEK_END)
+        elif self.regular:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        return open(
+            self.fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
+        )
+
+    def release(self) -> None:
+        """Unlock; a file this run created and never wrote to is removed again."""
+        if self.fd is None:
+            return
+        empty = self.created and os.fstat(self.fd).st_size == 0
+        os.close(self.fd)  # first: Windows can't remove an open file
+        self.fd = None
+        if empty:
+            self.path.unlink(missing_ok=True)
