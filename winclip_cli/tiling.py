@@ -182,8 +182,8 @@ class MapStitcher:
         if grid_map.dim() != 2:
             raise ValueError(f"a tile's grid map must be (gh, gw); got {tuple(grid_map.shape)}")
         count = self._count[top:bottom, left:right]
-        # At most 4 tiles cover a pixel when overlap < 0.5, but any overlap below 1 is
-        # allowed: refuse rather than wrap around at 255.
+        # About (1/(1-o))^2 tiles cover a pixel: 4 up to o = 0.4 (rounding can make it 9
+        # just under 0.5). Any overlap below 1 is allowed: refuse rather than wrap at 255.
         if count.max() == np.iinfo(np.uint8).max:
             raise ValueError("more than 255 tiles cover one pixel")
         tile = _upsample(grid_map.detach(), (bottom - top, right - left)).cpu().numpy()
