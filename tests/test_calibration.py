@@ -231,6 +231,8 @@ def test_supported_rates_line():
     )
     assert conformal_rank(200, 0.00498) == 200
     assert "from 0.5 " in supported_rates(1)
+    with pytest.raises(CalibrationError):
+        supported_rates(0)
 
 
 # ---------------------------------------------------------------- the guarantee
@@ -516,3 +518,10 @@ def test_difference_messages():
     with pytest.raises(CalibrationError, match=r"scales \[2, 3\], this run has \[2, 3, 4\]"):
         check_settings({"scales": [2, 3]}, {"scales": [2, 3, 4]}, "s.cal")
     check_settings({"temperature": 1}, {"temperature": 1.0}, "s.cal")  # one number
+
+
+def test_settings_that_are_not_json_are_named():
+    with pytest.raises(CalibrationError, match=r"^s\.cal: settings are not plain JSON"):
+        check_settings({"x": float("nan")}, {}, "s.cal")
+    with pytest.raises(CalibrationError, match=r"^this run's settings must be a mapping"):
+        check_settings({}, ["x"], "s.cal")

@@ -144,6 +144,8 @@ def is_anomalous(p: float, alpha: float | Fraction) -> bool:
 
 def supported_rates(n: int) -> str:
     """One line for the calibrate summary: which false-alarm rates n images support."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise CalibrationError(f"calibration needs at least 1 image, got {n!r}")
     lowest = _rate_text(Fraction(1, n + 1))
     needs = ", ".join(f"{a} needs {images_needed(Fraction(a))}" for a in ("0.01", "0.001"))
     return f"n={n} known-good images support false-alarm rates from {lowest} (1/(n+1)); {needs}"
@@ -152,14 +154,14 @@ def supported_rates(n: int) -> str:
 # ---------------------------------------------------------------------- the record
 
 
-def _plain_json(settings: Any, what: str) -> dict[str, Any]:
+def _plain_json(settings: Any, what: str = "settings") -> dict[str, Any]:
     """``settings`` after a JSON round trip (tuples become lists), so saved == in memory."""
     try:
         value = json.loads(json.dumps(settings, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise CalibrationError(f"{what}: settings are not plain JSON values ({exc})") from exc
+        raise CalibrationError(f"{what} are not plain JSON values ({exc})") from exc
     if not isinstance(value, dict):
-        raise CalibrationError(f"{what}: settings must be a mapping of names to values")
+        raise CalibrationError(f"{what} must be a mapping of names to values")
     return value
 
 
@@ -179,7 +181,7 @@ class Calibration:
     images: list[str]
 
     def __post_init__(self) -> None:
-        self.settings = _plain_json(self.settings, "calibration")
+        self.settings = _plain_json(self.settings)
         self.scores = _as_scores(self.scores, "calibration scores")
         if self.map_maxima is not None:
             self.map_maxima = _as_scores(self.map_maxima, "calibration map maxima")
@@ -350,7 +352,11 @@ def check_settings(recorded: dict[str, Any], current: dict[str, Any], source: st
     E.g. "screw.cal was made with class 'screw', this run has 'nut'". A setting present
     in only one of them counts as different.
     """
-    found = _first_difference(_plain_json(recorded, source), _plain_json(current, "this run"), "")
+    found = _first_difference(
+        _plain_json(recorded, f"{source}: settings"),
+        _plain_json(current, "this run's settings"),
+        "",
+    )
     if found is None:
         return
     name, was, now = found
