@@ -100,15 +100,38 @@ class ReferenceBank:
         )
 
 
-def save_bank(bank: ReferenceBank, path: str | os.PathLike[str]) -> None:
-    """Write a bank file (a torch file of plain tensors and strings, safe to load)."""
-    payload = {
+def bank_payload(bank: ReferenceBank) -> dict[str, Any]:
+    """The bank as plain tensors and strings (safe to torch.load): a bank file's content,
+    and the bank inside a calibration file."""
+    return {
         "format": BANK_FORMAT,
         "version": BANK_VERSION,
         "meta": bank.meta,
         "patch_tokens": bank.patch_tokens.detach().float().cpu(),
         "windows": {str(k): v.detach().float().cpu() for k, v in bank.windows.items()},
     }
+
+
+def bank_from_payload(payload: Any, where: str) -> ReferenceBank:
+    """The bank of a ``bank_payload``; BankFileError (naming ``where``) when it is not one."""
+    if not isinstance(payload, dict) or payload.get("format") != BANK_FORMAT:
+        raise BankFileError(f"{where} is not a winclip reference bank file")
+    if payload.get("version") != BANK_VERSION:
+        raise BankFileError(f"{where}: bank format version {payload.get('version')} unsupported")
+    try:
+        windows = {int(k): v for k, v in payload["windows"].items()}
+        bank = ReferenceBank(payload["patch_tokens"], windows, dict(payload["meta"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BankFileError(f"{where}: damaged reference bank file") from exc
+    tensors = [bank.patch_tokens, *bank.windows.values()]
+    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in tensors):
+        raise BankFileError(f"{where}: damaged reference bank file")
+    return bank
+
+
+def save_bank(bank: ReferenceBank, path: str | os.PathLike[str]) -> None:
+    """Write a bank file (a torch file of plain tensors and strings, safe to load)."""
+    payload = bank_payload(bank)
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
@@ -123,16 +146,4 @@ def load_bank(path: str | os.PathLike[str]) -> ReferenceBank:
         raise BankFileError(f"reference bank {path} not found") from exc
     except Exception as exc:
         raise BankFileError(f"{path} is not a readable reference bank file") from exc
-    if not isinstance(payload, dict) or payload.get("format") != BANK_FORMAT:
-        raise BankFileError(f"{path} is not a winclip reference bank file")
-    if payload.get("version") != BANK_VERSION:
-        raise BankFileError(f"{path}: bank format version {payload.get('version')} unsupported")
-    try:
-        windows = {int(k): v for k, v in payload["windows"].items()}
-        bank = ReferenceBank(payload["patch_tokens"], windows, dict(payload["meta"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BankFileError(f"{path}: damaged reference bank file") from exc
-    tensors = [bank.patch_tokens, *bank.windows.values()]
-    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in tensors):
-        raise BankFileError(f"{path}: damaged reference bank file")
-    return bank
+    return bank_from_payload(payload, str(path))

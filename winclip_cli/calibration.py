@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import BANK_FORMAT, BANK_VERSION, ReferenceBank, atomic_write
+from .atomic import atomic_write
+from .cache import BANK_FORMAT, ReferenceBank, bank_from_payload, bank_payload
+from .errors import BankFileError, CalibrationError
 
 CALIBRATION_FORMAT = "winclip-calibration"
 CALIBRATION_VERSION = 1
@@ -32,10 +34,6 @@ CALIBRATION_VERSION = 1
 # Rates are read as the fraction with a denominator up to this that rounds to the given
 # float, when there is one (see _exact_rate).
 _MAX_DENOMINATOR = 10**6
-
-
-class CalibrationError(ValueError):
-    """A rate these images can't support, or a calibration file that can't be used."""
 
 
 # ---------------------------------------------------------------------------- the rule
@@ -217,34 +215,11 @@ class Calibration:
         return p_values(scores, self.scores)
 
 
-def _bank_payload(bank: ReferenceBank) -> dict[str, Any]:
-    # The same shape as cache.save_bank's file, so both are read the same way.
-    return {
-        "format": BANK_FORMAT,
-        "version": BANK_VERSION,
-        "meta": bank.meta,
-        "patch_tokens": bank.patch_tokens.detach().float().cpu(),
-        "windows": {str(k): v.detach().float().cpu() for k, v in bank.windows.items()},
-    }
-
-
 def _bank_from_payload(payload: Any, where: str) -> ReferenceBank:
-    damaged = CalibrationError(f"{where}: damaged reference bank in the calibration file")
-    if not isinstance(payload, dict) or payload.get("format") != BANK_FORMAT:
-        raise damaged
-    if payload.get("version") != BANK_VERSION:
-        raise CalibrationError(
-            f"{where}: reference bank format version {payload.get('version')!r} unsupported"
-        )
     try:
-        windows = {int(k): v for k, v in payload["windows"].items()}
-        bank = ReferenceBank(payload["patch_tokens"], windows, dict(payload["meta"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise damaged from exc
-    tensors = [bank.patch_tokens, *bank.windows.values()]
-    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in tensors):
-        raise damaged
-    return bank
+        return bank_from_payload(payload, where)
+    except BankFileError as exc:
+        raise CalibrationError(f"{where}: damaged reference bank in the calibration file") from exc
 
 
 def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
@@ -260,7 +235,7 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
             if cal.map_maxima is None
             else torch.from_numpy(np.array(cal.map_maxima, dtype=np.float64))
         ),
-        "bank": None if cal.bank is None else _bank_payload(cal.bank),
+        "bank": None if cal.bank is None else bank_payload(cal.bank),
         "images": list(cal.images),
     }
     atomic_write(Path(path), lambda f: torch.save(payload, f))

@@ -56,6 +56,10 @@ class BankMismatchError(WinclipError, ValueError):
     """A reference bank built with another model, weights, input size or scales."""
 
 
+class CalibrationError(WinclipError, ValueError):
+    """A calibration that can't be used: a damaged file, other settings, too few images."""
+
+
 class MissingDependencyError(WinclipError, ImportError):
     """An optional extra (eval: scikit-learn, scipy) is not installed."""
 
