@@ -283,7 +283,7 @@ def _thumbnail(path: str) -> _Thumb:
         with Image.open(path, formats=SAFE_FORMATS) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
-                return _Thumb(problem=f"too large to embed ({width}x{height})")
+                return _Thumb(problem=f"too large: {width}x{height}")
             img.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))  # JPEG: decode at 1/2..1/8
             img.load()
             picture = _rgb(ImageOps.exif_transpose(img))
@@ -338,7 +338,7 @@ def _histogram(
     low, high = low - pad, high + pad
     bins = int(min(40, max(10, math.sqrt(max(len(scores), len(calibration))) * 2)))
     edges = np.linspace(low, high, bins + 1)
-    width, height, left, bottom, top, right = 640, 240, 48, 36, 14, 12
+    width, height, left, bottom, top, right = 640, 250, 48, 36, 24, 12
     plot_w, plot_h = width - left - right, height - top - bottom
     series = [("run", scores, "bar-run")]
     if calibration:
@@ -393,9 +393,11 @@ def _histogram(
     )
     if threshold is not None:
         x = left + (threshold - low) / (high - low) * plot_w
+        right_side = x < left + plot_w * 0.7  # the label beside the line, inside the plot
         parts.append(
-            f'<line class="cut" x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}"/>'
-            f'<text class="cut-label" x="{x + 3:.1f}" y="{top + 8}">'
+            f'<line class="cut" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{axis_y}"/>'
+            f'<text class="cut-label" x="{x + (3 if right_side else -3):.1f}" y="{top - 10}" '
+            f'text-anchor="{"start" if right_side else "end"}">'
             f"threshold {threshold:.6f}</text>"
         )
     parts.append("</svg>")
@@ -433,7 +435,8 @@ def _card(
     else:
         source = row.get("overlay") if kind == "overlay" else path
         why = main_thumb.problem if main_thumb is not None else "missing"
-        card_notes.append(f"{kind} {why}: {_clean(source or '(none)')}")
+        if status != "error":  # an error row's own message says why its image is not shown
+            card_notes.append(f"{kind} not embedded ({why}): {_clean(source or '(none)')}")
         pictures.append(f'<div class="thumb main nothumb">no {_t(kind)}</div>')
     has_original = False
     if original is not None:
@@ -447,7 +450,7 @@ def _card(
             )
         else:
             why = original_thumb.problem if original_thumb is not None else "missing"
-            card_notes.append(f"original {why}: {_clean(path or '(none)')}")
+            card_notes.append(f"input image not embedded ({why}): {_clean(path or '(none)')}")
     for note in card_notes:
         notes.append(f"row {number}: {note}")
     fields = [("score", score or "—")]
@@ -723,7 +726,7 @@ def _render(
         if row.get("overlay"):
             plan.append((index, overlay, "overlay", original, True))
         else:
-            plan.append((index, original, "image", None, False))
+            plan.append((index, original, "input image", None, False))
         for f in (plan[-1][1], plan[-1][3]):
             if f is not None:
                 wanted[f] = None
