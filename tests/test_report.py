@@ -443,3 +443,13 @@ def test_ten_thousand_rows_stay_within_budget(tmp_path, monkeypatch):
     text = (tmp_path / "r.html").read_text()
     assert text.count("data:image/jpeg") == 400
     assert text.count("<tr><td>") == 10_000  # every row in the table, no images there
+
+
+def test_a_runs_own_rows_may_hold_numbers_and_none():
+    rows = [
+        {"path": "a.png", "score": 0.123456789, "map_max": None, "status": "ok", "error": ""},
+        {"path": "b.png", "score": None, "status": "error", "error": "unreadable"},
+    ]
+    tree = parse_strict(render_report(rows))
+    assert table_rows(tree)[0][1:4] == ["a.png", "0.123457", ""]
+    assert [c.get("data-score") for c in cards(tree)] == ["0.123457", ""]

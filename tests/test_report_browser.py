@@ -225,3 +225,53 @@ def test_report_of_a_segment_run_in_chromium(segment_run, monkeypatch):
     assert requests and all(u.startswith(("file://", "data:")) for u in requests), requests
     assert sum(u.startswith("file://") for u in requests) == 2  # the page, twice
     assert not problems, problems
+
+
+def test_large_table_pages_rows_and_sorts_them_all(tmp_path):
+    """1,200 rows: 500 drawn at first, "show more" draws the rest; sort and filter work on
+    every row, not only the drawn ones; no request leaves the page."""
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    from winclip_cli.report import render_report
+
+    rows = [
+        {
+            "path": f"line{i % 3}/img{i:04d}.png",
+            "score": f"{(i * 7919 % 1200) / 1200:.6f}",
+            "label": "anomalous" if i % 4 == 0 else "normal",
+            "status": "ok",
+            "error": "",
+        }
+        for i in range(1200)
+    ]
+    report = tmp_path / "big.html"
+    report.write_text(render_report(rows, gallery=0), encoding="utf-8")
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(report.as_uri(), wait_until="load")
+            visible = page.locator("table#rows tbody tr:visible")
+            expect(visible).to_have_count(500)
+            expect(page.locator("#shown-count")).to_contain_text("first 500 of 1200 matching")
+            # sorting takes every row into account: the top score is row 0's neighbour
+            page.click("th[data-col=score]")
+            page.click("th[data-col=score]")
+            expect(page.locator("th[data-col=score]")).to_have_attribute("aria-sort", "descending")
+            top = page.locator("table#rows tbody tr:visible td:nth-child(3)").first
+            expect(top).to_have_text(max(r["score"] for r in rows))
+            page.click("button#more")
+            expect(visible).to_have_count(1200)
+            expect(page.locator("button#more")).to_be_hidden()
+            # a filter counts every matching row and shows the first page of them
+            page.select_option("select#filter-label", "anomalous")
+            expect(visible).to_have_count(300)
+            page.fill("input#filter-name", "line1/")
+            expect(visible).to_have_count(100)
+            expect(page.locator("#shown-count")).to_have_text("100 of 1200 rows shown")
+        finally:
+            browser.close()
+    assert requests == [report.as_uri()]

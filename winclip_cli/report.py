@@ -78,6 +78,13 @@ def _cell(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _as_text(row: dict) -> dict[str, str]:
+    """A row as strings; a run's own rows may hold numbers (printed as in the CSV) or None."""
+    if all(isinstance(v, str) for v in row.values()):
+        return row
+    return {str(k): f"{v:.6f}" if isinstance(v, float) else _cell(v) for k, v in row.items()}
+
+
 def _parse_jsonl(text: str, name: str, notes: list[str]) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for number, line in enumerate(text.split("\n"), 1):
@@ -709,6 +716,7 @@ def _render(
     elapsed: float | None,
 ) -> tuple[str, int, list[str]]:
     notes = list(notes)
+    rows = [_as_text(r) for r in rows]
     base = os.path.dirname(os.path.abspath(output)) if output is not None else os.getcwd()
     dirs = [Path(d) for d in search_dirs]
 
@@ -873,10 +881,16 @@ def render_report(
     progress: Callable[[int, int], None] | None = None,
     elapsed: float | None = None,
 ) -> str:
-    """The report's HTML from rows already parsed (``read_rows``, or a run's own rows as
-    dicts of strings). Links are relative to ``output``'s folder (else the current one);
-    relative paths in rows are looked up from the current folder, then ``search_dirs``.
-    Notes found on the way (a missing overlay) are listed in the page."""
+    """The report's HTML from rows already parsed (``read_rows``, or a run's own rows:
+    values are strings, or numbers and None, shown as the CSV would show them).
+
+    The gallery holds at most ``gallery`` cards: the highest scores (ties in input
+    order), then error rows while room is left; every error row is also listed with its
+    message in the Errors section, and every row is in the table.
+
+    Links are relative to ``output``'s folder (else the current one); relative paths in
+    rows are looked up from the current folder, then ``search_dirs``. Notes found on the
+    way (a missing overlay) are listed in the page."""
     text, _cards, _notes = _render(
         rows,
         list(notes),
