@@ -453,3 +453,26 @@ def test_a_runs_own_rows_may_hold_numbers_and_none():
     tree = parse_strict(render_report(rows))
     assert table_rows(tree)[0][1:4] == ["a.png", "0.123457", ""]
     assert [c.get("data-score") for c in cards(tree)] == ["0.123457", ""]
+
+
+def test_paths_resolve_from_the_rows_files_folder_and_odd_bytes_show(tmp_path, monkeypatch):
+    """Rows written in another folder still find their files; a name that is not UTF-8
+    shows its bytes as escapes and links to the file by its bytes."""
+    run = tmp_path / "run"
+    make_png(run / "in.png")
+    odd = os.fsdecode(b"odd-\xff\xfe.png")
+    make_png(run / odd)
+    rows_file = run / "rows.csv"
+    rows_file.write_bytes(
+        b"path,score,overlay,status,error\nin.png,0.5," + os.fsencode(odd) + b",ok,\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    summary = build_report([rows_file], tmp_path / "r.html")
+    assert summary.notes == []
+    tree = parse_strict((tmp_path / "r.html").read_text(encoding="utf-8"))
+    (card,) = cards(tree)
+    assert len(list(card.iter("img"))) == 2
+    assert next(a for a in card.iter("a")).get("href") == "run/odd-%FF%FE.png"
+    assert "odd-\\xff\\xfe.png" in text_of(tree)
