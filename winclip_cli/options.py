@@ -60,6 +60,8 @@ class RunOptions:
     threshold: float | None = None
     fail_on_anomaly: bool = False
     resume: bool = False
+    report: Path | None = None  # --report FILE: the HTML report, written at the end
+    command: str = "score"  # which command this is, for reports and manifests
     model: ModelOptions = field(default_factory=ModelOptions)
 
     @property

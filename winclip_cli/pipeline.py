@@ -11,11 +11,11 @@ import errno
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from .data import InputImage, open_image
 from .decision import ANOMALOUS, label_of
@@ -29,6 +29,7 @@ from .outputs import write_image_outputs
 from .planning import Plan, plan
 from .progress import Reporter
 from .rows import Row, RowWriter, discard_stdout, stdout_rows
+from .run_report import RunReport
 
 # Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
 MAX_PENDING_IMAGES = 16
@@ -80,18 +81,24 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         reporter.info(f"resuming: {len(p.done)} row(s) already written, {len(p.todo)} to go")
         if not p.todo and opts.save_bank is None:  # nothing left: don't pay for the model
             return tally.exit_code(opts.fail_on_anomaly)
+    report = None if opts.report is None else RunReport(opts, opts.report, list(p.done.values()))
     with interruptible() as section:
         try:
             scorer = load_scorer(p, reporter, model)
             workers = default_workers() if opts.workers is None else opts.workers
             engine = LocalEngine(scorer, opts.batch_size, workers)
-            with RowSink(p, tally, section) as sink:
+            on_row = report.add if report is not None else None
+            with RowSink(p, tally, section, on_row) as sink:
                 _score(p, engine.predict(p.todo), sink, reporter)
         except Interrupted as stop:
             reporter.stop()
             done = tally.ok + tally.errors
             reporter.error(f"interrupted: {done} row(s) written are complete{opts.resume_hint}")
+            if report is not None:  # of the finished rows; a second Ctrl-C skips it
+                report.write(reporter, incomplete=True)
             return ExitCode(stop.code)
+    if report is not None:
+        report.write(reporter, incomplete=False)
     return tally.exit_code(opts.fail_on_anomaly)
 
 
@@ -163,8 +170,14 @@ class RowSink:
     Overlays are rendered by two threads while the model works on the next batch; at
     most MAX_PENDING_IMAGES rows wait for theirs, so memory stays flat."""
 
-    def __init__(self, p: Plan, tally: Tally, section: CriticalSection) -> None:
-        self.plan, self.tally, self.section = p, tally, section
+    def __init__(
+        self,
+        p: Plan,
+        tally: Tally,
+        section: CriticalSection,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.plan, self.tally, self.section, self.on_row = p, tally, section, on_row
         self.opts = p.opts
         appending = self.opts.resume and bool(p.done)
         with self._writing_rows():
@@ -227,6 +240,8 @@ class RowSink:
                 self.writer.write(row)
                 self.pending.popleft()
                 self.tally.add(row.status, row.label)
+            if self.on_row is not None:
+                self.on_row(self.writer.record(row))
 
     def _collect(self, row: Row, job: Future[tuple[str, str]]) -> None:
         try:
