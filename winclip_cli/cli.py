@@ -473,8 +473,6 @@ def report_command(
     Opens offline; thumbnails are embedded; works without JavaScript."""
 
     def action(reporter: Any) -> int:
-        import time
-
         from .errors import UsageError
         from .planning import check_writable_file
         from .report import build_report
@@ -485,16 +483,10 @@ def report_command(
         if missing:
             raise UsageError(f"rows file not found: {missing[0]}")
         check_writable_file(output)
-        started = time.perf_counter()
-
-        def progress(done: int, total: int) -> None:
-            if done == 0:
-                reporter.start(total, "thumbnails")
-            else:
-                reporter.advance(1, done, time.perf_counter() - started)
-
         try:
-            summary = build_report(rows, output, gallery=gallery, title=title, progress=progress)
+            summary = build_report(
+                rows, output, gallery=gallery, title=title, progress=reporter.counter("thumbnails")
+            )
         finally:
             reporter.stop()
         for note in summary.notes:

@@ -110,16 +110,7 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
     from .errors import BankMismatchError
 
     opts, m = p.opts, p.opts.model
-    wc = model or WinClip.load(
-        model=m.model,
-        pretrained=m.pretrained,
-        weights=m.weights,
-        device=m.device,
-        precision=m.precision,
-        cache_dir=m.cache_dir,
-        prompts=p.prompts,
-        temperature=m.temperature,
-    )
+    wc = model or WinClip.from_options(m, p.prompts)
     text = wc.text_embeddings(opts.class_name)
     refs, bank = p.references, None
     if refs.bank is not None:

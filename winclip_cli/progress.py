@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import IO, Any, cast
 
 
@@ -102,6 +104,19 @@ class Reporter:
         if self._progress is not None:
             rate = f"{done / elapsed:.2f} img/s" if elapsed > 0 else ""
             self._progress.update(self._task, advance=count, rate=rate)
+
+    def counter(self, description: str) -> Callable[[int, int], None]:
+        """A ``progress(done, total)`` callback (as the report's thumbnails use): the bar
+        starts at ``done == 0``."""
+        started = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            if done == 0:
+                self.start(total, description)
+            else:
+                self.advance(1, done, time.perf_counter() - started)
+
+        return progress
 
     def stop(self) -> None:
         if self._progress is not None:

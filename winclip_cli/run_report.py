@@ -51,14 +51,6 @@ class RunReport:
     def write(self, reporter: Reporter, incomplete: bool) -> None:
         """Render and write the report; thumbnails show a progress bar on a terminal."""
         elapsed = time.perf_counter() - self.started
-        started = time.perf_counter()
-
-        def progress(done: int, total: int) -> None:
-            if done == 0:
-                reporter.start(total, "thumbnails")
-            else:
-                reporter.advance(1, done, time.perf_counter() - started)
-
         try:
             text = render_report(
                 self.rows,
@@ -67,7 +59,7 @@ class RunReport:
                 threshold=self.opts.threshold,
                 incomplete=incomplete,
                 elapsed=elapsed,
-                progress=progress,
+                progress=reporter.counter("thumbnails"),
             )
         finally:
             reporter.stop()
