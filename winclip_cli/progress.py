@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import IO, Any, cast
 
 
-def _one_line(message: str) -> str:
-    """A warning or error is one line, even when it quotes a file name with a newline."""
+def _breaks_shown(message: str) -> str:
+    """A warning or error is one line, even when it quotes a file name with a newline:
+    the break is shown, not collapsed, so the name stays recognisable."""
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -62,12 +63,12 @@ class Reporter:
         if not self.quiet:
             from rich.markup import escape
 
-            self.console.print(f"[yellow]warning:[/] {escape(_one_line(message))}", markup=True)
+            self.console.print(f"[yellow]warning:[/] {escape(_breaks_shown(message))}", markup=True)
 
     def error(self, message: str) -> None:
         from rich.markup import escape
 
-        self.console.print(f"[red]error:[/] {escape(_one_line(message))}", markup=True)
+        self.console.print(f"[red]error:[/] {escape(_breaks_shown(message))}", markup=True)
 
     def info(self, message: str) -> None:
         if not self.quiet:
