@@ -92,10 +92,11 @@ def _output(value: str | Path) -> str:
 
 def _given(ctx: typer.Context) -> frozenset[str]:
     """The parameters typed on the command line (not defaults or the environment)."""
-    from click.core import ParameterSource
-
+    # By name: Typer may carry its own copy of click's ParameterSource enum.
     return frozenset(
-        name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     )
 
 

@@ -166,7 +166,7 @@ def check_numbers(opts: RunOptions) -> None:
     if opts.save_masks and not (opts.maps and opts.calibration is not None):
         raise UsageError("--save-masks needs maps (segment, fewshot) and --calibration")
     _check_maps_mode(opts)
-    if opts.require_ref and opts.ref is None:
+    if opts.require_ref and opts.ref is None and opts.calibration is None:
         raise UsageError("fewshot needs --ref (a folder of normal images, or a bank file)")
     if opts.ref is None and (opts.k is not None or opts.seed is not None):
         raise UsageError("--k and --seed choose reference images: they need --ref")
