@@ -182,8 +182,12 @@ def calibration_images(
     return kept, left_out
 
 
-def run_calibrate(opts: CalibrateOptions, reporter: Reporter) -> ExitCode:
-    """Score known-good images under a run's settings and write the calibration file."""
+def run_calibrate(
+    opts: CalibrateOptions, reporter: Reporter, model: WinClip | None = None
+) -> ExitCode:
+    """Score known-good images under a run's settings and write the calibration file.
+
+    ``model``: an already loaded WinClip (benchmarks, long-lived callers)."""
     from .engines.local import LocalEngine
     from .pipeline import load_scorer
     from .planning import (
@@ -225,7 +229,7 @@ def run_calibrate(opts: CalibrateOptions, reporter: Reporter) -> ExitCode:
     if not images:
         raise UsageError("no known-good images left to calibrate on (all are references?)")
     checked = Plan(run, images, images, {}, prompts, refs, [], None, None)
-    scorer = load_scorer(checked, reporter)
+    scorer = load_scorer(checked, reporter, model)
     workers = default_workers() if opts.workers is None else opts.workers
     engine = LocalEngine(scorer, opts.batch_size, workers)
     scores: list[float] = []
