@@ -20,11 +20,13 @@ from .errors import ExitCode, Interrupted, WinclipError
 from .options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLASS,
+    DEFAULT_FALSE_ALARM_RATE,
     DEFAULT_FORMAT,
     DEFAULT_MODEL,
     DEFAULT_OUT_DIR,
     DEFAULT_PRETRAINED,
     LOCAL_DIR,
+    CalibrateOptions,
     ModelOptions,
     RunOptions,
 )
@@ -43,6 +45,7 @@ app = typer.Typer(
 
 MODEL_PANEL = "Model"
 OUTPUT_PANEL = "Output"
+DECISION_PANEL = "Decision"
 REF_PANEL = "Few-shot references"
 
 
@@ -85,6 +88,16 @@ def _path(value: str | Path) -> Path:
 
 def _output(value: str | Path) -> str:
     return str(_path(value))
+
+
+def _given(ctx: typer.Context) -> frozenset[str]:
+    """The parameters typed on the command line (not defaults or the environment)."""
+    # By name: Typer may carry its own copy of click's ParameterSource enum.
+    return frozenset(
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    )
 
 
 def _fail(message: str, code: ExitCode) -> typer.Exit:
@@ -210,6 +223,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
     """One command function for score / segment / fewshot: they share every option."""
 
     def command(
+        ctx: typer.Context,
         paths: Annotated[
             Optional[list[Path]],  # noqa: UP045
             typer.Argument(
@@ -309,6 +323,42 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 rich_help_panel=OUTPUT_PANEL,
             ),
         ] = False,
+        calibration: Annotated[
+            Optional[Path],  # noqa: UP045
+            typer.Option(
+                help="Calibration file from `winclip calibrate`: its settings and bank apply, "
+                "labels and p_value come from it.",
+                rich_help_panel=DECISION_PANEL,
+                parser=_path,
+            ),
+        ] = None,
+        false_alarm_rate: Annotated[
+            Optional[float],  # noqa: UP045
+            typer.Option(
+                help="With --calibration: the share of good parts that may be called "
+                f"anomalous (default {DEFAULT_FALSE_ALARM_RATE}).",
+                rich_help_panel=DECISION_PANEL,
+                show_default=False,
+            ),
+        ] = None,
+        save_masks: Annotated[
+            bool,
+            typer.Option(
+                "--save-masks",
+                help="With --calibration: write the anomalous region as a binary PNG "
+                "(.mask.png, image size).",
+                rich_help_panel=OUTPUT_PANEL,
+            ),
+        ] = False,
+        maps_mode: Annotated[
+            str,
+            typer.Option(
+                "--maps",
+                help="all, or anomalous: maps only for images decided anomalous (zero-shot, "
+                "with --calibration or --threshold).",
+                rich_help_panel=OUTPUT_PANEL,
+            ),
+        ] = "all",
         model: ModelOpt = DEFAULT_MODEL,
         pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
         weights: WeightsOpt = None,
@@ -344,15 +394,21 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             resume=resume,
             report=report,
             command=mode,
+            calibration=calibration,
+            false_alarm_rate=false_alarm_rate,
+            save_masks=save_masks,
+            maps_mode=maps_mode,
             model=ModelOptions(
                 model, pretrained, weights, device, precision, prompts, temperature, cache_dir
             ),
+            given=_given(ctx),
         )
         _run(lambda reporter: run(options, reporter), quiet, verbose)
 
     if mode == "score":  # score makes no images: hide the image options from its help
         signature = inspect.signature(command)
-        keep = [p for p in signature.parameters.values() if p.name not in ("out", "save_maps")]
+        hidden = ("out", "save_maps", "save_masks", "maps_mode")
+        keep = [p for p in signature.parameters.values() if p.name not in hidden]
         command.__signature__ = signature.replace(parameters=keep)  # type: ignore[attr-defined]  # Typer reads it
     command.__doc__ = HELP[mode]
     return command
@@ -360,6 +416,78 @@ def _scoring_command(mode: str) -> Callable[..., None]:
 
 for _mode in ("score", "segment", "fewshot"):
     app.command(_mode)(_scoring_command(_mode))
+
+
+@app.command("calibrate")
+def calibrate_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Known-good image files and folders (walked recursively).", parser=_path
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The calibration file to write (.cal).", parser=_path),
+    ],
+    class_name: ClassOpt = DEFAULT_CLASS,
+    ref: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Few-shot: a folder of known-good images (K become the bank, the rest "
+            "calibrate), or a saved bank file.",
+            rich_help_panel=REF_PANEL,
+            parser=_path,
+        ),
+    ] = None,
+    k: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--k",
+            help="Reference images from a --ref folder (default: 4).",
+            rich_help_panel=REF_PANEL,
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Pick the K references at random with this seed.", rich_help_panel=REF_PANEL
+        ),
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
+    workers: WorkersOpt = None,
+    prompts: PromptsOpt = None,
+    temperature: TemperatureOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score known-good images and write a calibration: a threshold with a guaranteed
+    false-alarm rate, and a p-value for every score (use it with --calibration).
+
+    Zero-shot, or few-shot with --ref. The summary says which rates the images support.
+    """
+    from .calibrate import run_calibrate
+
+    options = CalibrateOptions(
+        inputs=list(paths),
+        output=output,
+        class_name=class_name,
+        ref=ref,
+        k=k,
+        seed=seed,
+        batch_size=batch_size,
+        workers=workers,
+        model=ModelOptions(
+            model, pretrained, weights, device, precision, prompts, temperature, cache_dir
+        ),
+    )
+    _run(lambda reporter: run_calibrate(options, reporter), quiet, verbose)
 
 
 @app.command("eval")
@@ -398,6 +526,14 @@ def eval_command(
         Optional[str],  # noqa: UP045
         typer.Option(help="'paper': print the published WinCLIP figures beside yours."),
     ] = None,
+    calibrate: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="Calibrate on train/good (minus the references) at this false-alarm rate; "
+            "report the realised rate on test/good (far) and the detection rate (tpr).",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     weights: WeightsOpt = None,
@@ -427,6 +563,7 @@ def eval_command(
         json_path=json_path,
         scores_path=scores,
         compare=compare,
+        calibrate=calibrate,
         batch_size=batch_size,
         workers=workers,
         model=ModelOptions(

@@ -1,14 +1,19 @@
 """The verdict for a row, in one place: a decision rule turns a score into a label.
 
-A run has at most one rule (``--threshold`` today); rows, the summary, the exit code
+A run has at most one rule (``--threshold``, or ``--calibration`` with a false-alarm
+rate); rows, the summary, the exit code
 and --resume's consistency check all ask it, and nothing else compares scores.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .rows import SCORE_DECIMALS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ANOMALOUS, NORMAL = "anomalous", "normal"
 
@@ -29,8 +34,54 @@ class ThresholdRule:
     def describe(self) -> str:
         return f"at or above {self.threshold:g}"
 
+    def p_value(self, score: float | None) -> float | None:
+        """A manual threshold gives no p-value."""
+        return None
 
-DecisionRule = ThresholdRule  # the calibrated rule joins here
+    @property
+    def pixel_threshold(self) -> float | None:
+        """A manual threshold draws no region."""
+        return None
+
+
+@dataclass(frozen=True)
+class CalibratedRule:
+    """``anomalous`` iff ``p(s) <= alpha`` (WINCLIP.md "Calibrated decisions"), with s the
+    score as printed (6 decimals): a reviewer recomputes every p_value and label from the
+    rows and the calibration file's scores. Equivalently ``round(s, 6) > c_(k)``."""
+
+    scores: np.ndarray = field(repr=False)  # the n calibration scores, full precision
+    alpha: float
+    threshold: float  # c_(k), shown to the user
+    pixel_threshold: float | None = None  # m_(k) when the calibration has map maxima
+
+    @classmethod
+    def from_calibration(cls, cal: object, alpha: float) -> CalibratedRule:
+        """The rule of a calibration at rate alpha; CalibrationError when n is too small."""
+        from .calibration import Calibration
+
+        assert isinstance(cal, Calibration)
+        pixel = None if cal.map_maxima is None else cal.pixel_threshold(alpha)
+        return cls(cal.scores, alpha, cal.threshold(alpha), pixel)
+
+    def p_value(self, score: float | None) -> float | None:
+        """p of the printed score; None for a row without a score."""
+        from .calibration import p_value
+
+        return None if score is None else p_value(round(score, SCORE_DECIMALS), self.scores)
+
+    def label(self, score: float | None) -> str:
+        """``anomalous`` / ``normal``; empty for a row without a score."""
+        p = self.p_value(score)
+        if p is None:
+            return ""
+        return ANOMALOUS if p <= self.alpha else NORMAL
+
+    def describe(self) -> str:
+        return f"anomalous at false-alarm rate {self.alpha:g} (score above {self.threshold:.6f})"
+
+
+DecisionRule = ThresholdRule | CalibratedRule
 
 
 def label_of(rule: DecisionRule | None, score: float | None) -> str:

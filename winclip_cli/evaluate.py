@@ -97,6 +97,7 @@ class _Run:
     number: int
     runs: int
     first_of_category: bool  # warns about the category's masks once
+    calibrate: float | None = None  # --calibrate A
 
 
 @dataclass
@@ -182,8 +183,65 @@ def _evaluate_run(
                 progress(EvalProgress(*args))
     figures = image_metrics(np.array(labels), np.array(scores))
     figures.update(pixels.results())
+    if run.calibrate is not None:
+        figures.update(_calibrated_rates(local, run, refs, labels, scores))
     refs_text = [_relative(p, root) for p in refs]
     return {"seed": run.seed, "references": refs_text, **figures}
+
+
+# Figures of --calibrate, and how the table titles them.
+CAL_TITLES = {"far": "FAR", "tpr": "TPR", "threshold": "thresh", "n_cal": "n_cal"}
+
+
+def _calibration_set(data: CategoryData, refs: list[Path]) -> list[InputImage]:
+    """train/good minus this run's references (also copies of them), each file once."""
+    from .calibrate import calibration_images
+
+    def image(p: Path) -> InputImage:
+        return InputImage(p, str(p), str(p))
+
+    kept, _ = calibration_images([image(p) for p in sorted(data.train_good)], map(image, refs))
+    return kept
+
+
+def _calibrated_rates(
+    local: LocalEngine, run: _Run, refs: list[Path], labels: list[int], scores: list[float]
+) -> dict[str, Any]:
+    """Calibrate on train/good (minus the references) at rate A; the realised false-alarm
+    rate on test/good and the detection rate on the test defects."""
+    from .calibration import Calibration
+    from .decision import ANOMALOUS, CalibratedRule
+
+    assert run.calibrate is not None
+    images = _calibration_set(run.data, refs)
+    cal_scores = []
+    for image, result in zip(images, local.predict(images), strict=True):
+        if result.error is not None or result.score is None:
+            raise DatasetError(f"cannot read training image {image.path}: {result.error}")
+        cal_scores.append(result.score)
+    cal = Calibration({}, np.asarray(cal_scores), None, None, [str(i.path) for i in images])
+    rule = CalibratedRule.from_calibration(cal, run.calibrate)
+    decided = np.array([rule.label(s) == ANOMALOUS for s in scores])
+    truth = np.array(labels, dtype=bool)
+    return {
+        "far": float(decided[~truth].mean()) if (~truth).any() else None,
+        "tpr": float(decided[truth].mean()) if truth.any() else None,
+        "threshold": rule.threshold,
+        "n_cal": cal.n,
+    }
+
+
+def _check_calibration_sizes(found: list[CategoryData], shots: list[int], alpha: float) -> None:
+    """Enough training normals for rate A in every run, before any model time is spent."""
+    from .calibration import conformal_rank
+    from .errors import CalibrationError
+
+    for data in found:
+        for k in shots:
+            try:
+                conformal_rank(len(data.train_good) - k, alpha)
+            except CalibrationError as exc:
+                raise DatasetError(f"category {data.name}, {k}-shot --calibrate: {exc}") from exc
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -193,7 +251,7 @@ def _nan_to_none(value: float) -> float | None:
 def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Mean and (population) standard deviation over seeds of each metric; None when undefined."""
     out: dict[str, dict[str, float | None]] = {"mean": {}, "std": {}}
-    for key in METRIC_KEYS:
+    for key in _keys(runs):
         values = np.array([np.nan if r[key] is None else r[key] for r in runs], dtype=np.float64)
         defined = values[~np.isnan(values)]
         out["mean"][key] = float(defined.mean()) if len(defined) else None
@@ -206,12 +264,18 @@ def _overall(per_category: dict[str, Any], k: int, seeds: list[int]) -> dict[str
     per_seed = []
     for i, seed in enumerate(seeds):
         row: dict[str, Any] = {"seed": seed}
-        for key in METRIC_KEYS:
+        first = next(iter(per_category.values()))["shots"][str(k)]["runs"]
+        for key in _keys(first):
             values = [c["shots"][str(k)]["runs"][i][key] for c in per_category.values()]
             defined = [v for v in values if v is not None]
             row[key] = float(np.mean(defined)) if defined else None
         per_seed.append(row)
     return _mean_std(per_seed)
+
+
+def _keys(runs: list[dict[str, Any]]) -> list[str]:
+    """The metrics of these runs: the paper's, and --calibrate's when present."""
+    return list(METRIC_KEYS) + [key for key in CAL_TITLES if runs and key in runs[0]]
 
 
 def _seeds_for(k: int, seeds: list[int]) -> list[int]:
@@ -246,6 +310,7 @@ def run_evaluation(
     compare: bool = False,
     table_stream: IO[str] | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
+    calibrate: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``wc`` on a labelled dataset tree and return the JSON-able results.
 
@@ -259,7 +324,10 @@ def run_evaluation(
     ``scores_path`` per-image CSV (category, k, seed, path, label, score), rows flushed as
     they come; ``json_path`` the results as JSON; ``compare`` add the paper's numbers;
     ``table_stream`` where the table (and comparison) is written; ``progress`` called with
-    an EvalProgress after every test batch.
+    an EvalProgress after every test batch; ``calibrate`` a false-alarm rate A: each run
+    also calibrates on train/good minus its references and reports ``far`` (realised
+    false-alarm rate on test/good), ``tpr`` (detection rate on the defects), ``threshold``
+    (c_(k)) and ``n_cal``.
 
     Results: ``categories[name]["shots"][str(k)]`` = {"mean", "std", "runs"} and
     ``mean[str(k)]`` = {"mean", "std"} (over categories, then over seeds), each metric a
@@ -274,6 +342,8 @@ def run_evaluation(
         for k in shot_list:
             if k and len(data.train_good) < k:
                 draw_references(data, k, seed_list[0])  # raises, saying what is missing
+    if calibrate is not None:
+        _check_calibration_sizes(found, shot_list, calibrate)
     layout = found[0].layout
     runs_total = len(found) * sum(len(_seeds_for(k, seed_list)) for k in shot_list)
     results: dict[str, Any] = {
@@ -303,7 +373,7 @@ def run_evaluation(
                 for seed in _seeds_for(k, seed_list):
                     number += 1
                     first = not runs and k == shot_list[0]
-                    run = _Run(data, text, k, seed, number, runs_total, first)
+                    run = _Run(data, text, k, seed, number, runs_total, first, calibrate)
                     engine = _Engine(wc, text, batch_size, workers)
                     figures = _evaluate_run(engine, run, tests, bins, rows, root, progress)
                     runs.append({key: _json_value(v) for key, v in figures.items()})
@@ -353,7 +423,9 @@ def check_eval_options(opts: EvalOptions) -> PromptSet:
     if json_path and scores_path and os.path.abspath(json_path) == os.path.abspath(scores_path):
         raise UsageError("--json and --scores name the same file")
     prompts = check_model_options(opts.model)
-    discover(opts.root, layout=opts.layout, categories=opts.categories)
+    found = discover(opts.root, layout=opts.layout, categories=opts.categories)
+    if opts.calibrate is not None:
+        _check_calibration_sizes(found, opts.shots, opts.calibrate)
     return prompts
 
 
@@ -382,6 +454,7 @@ def evaluate_command(
         compare=opts.compare == "paper",
         table_stream=table_stream,
         progress=progress,
+        calibrate=opts.calibrate,
     )
     return ExitCode.OK
 
@@ -449,6 +522,15 @@ def _cell(mean: float | None, std: float | None, with_std: bool) -> str:
     return f"{text}±{100 * std:.1f}" if with_std and std is not None else text
 
 
+def _cell_of(key: str, mean: float | None, std: float | None, with_std: bool) -> str:
+    """Rates in %, like the metrics; the threshold and n_cal as they are."""
+    if key == "threshold" and mean is not None:
+        return f"{mean:.4f}"
+    if key == "n_cal" and mean is not None:
+        return f"{mean:.0f}"
+    return _cell(mean, std, with_std)
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The paper-style table: one block per k, rows categories + mean, metrics in %."""
     layout = results["dataset"]["layout"]
@@ -461,13 +543,15 @@ def format_table(results: dict[str, Any]) -> str:
         cell = 12 if with_std else 8
         note = f"mean±std over {seeds} seeds" if with_std else "1 run"
         lines.append(f"{DATASET_NAMES[layout]} layout, {k}-shot ({note}), metrics in %")
-        lines.append(
-            "category".ljust(width) + "".join(t.rjust(cell) for t in COLUMN_TITLES.values())
+        titles = dict(COLUMN_TITLES)
+        titles.update(
+            {key: t for key, t in CAL_TITLES.items() if key in results["mean"][str(k)]["mean"]}
         )
+        lines.append("category".ljust(width) + "".join(t.rjust(cell) for t in titles.values()))
         rows = [(n, results["categories"][n]["shots"][str(k)]) for n in names]
         rows.append(("mean", results["mean"][str(k)]))
         for name, entry in rows:
-            cells = (_cell(entry["mean"][m], entry["std"][m], with_std) for m in COLUMN_TITLES)
+            cells = (_cell_of(m, entry["mean"][m], entry["std"][m], with_std) for m in titles)
             lines.append(name.ljust(width) + "".join(c.rjust(cell) for c in cells))
         lines.append("")
     return "\n".join(lines) + "\n"

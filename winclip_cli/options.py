@@ -18,6 +18,8 @@ LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_FALSE_ALARM_RATE = 0.01  # --false-alarm-rate with --calibration
+MAP_MODES = ("all", "anomalous")  # --maps: every image, or only those decided anomalous
 
 
 def default_workers() -> int:
@@ -62,7 +64,14 @@ class RunOptions:
     resume: bool = False
     report: Path | None = None  # --report FILE: the HTML report, written at the end
     command: str = "score"  # which command this is, for reports and manifests
+    calibration: Path | None = None  # --calibration FILE.cal
+    false_alarm_rate: float | None = None  # None: DEFAULT_FALSE_ALARM_RATE (with --calibration)
+    save_masks: bool = False
+    maps_mode: str = "all"  # MAP_MODES
     model: ModelOptions = field(default_factory=ModelOptions)
+    # Options the user typed (CLI parameter names), so a calibration's settings can fill
+    # the others and refuse only real contradictions.
+    given: frozenset[str] = frozenset()
 
     @property
     def to_stdout(self) -> bool:
@@ -73,6 +82,21 @@ class RunOptions:
     def resume_hint(self) -> str:
         """How to continue this run later, for messages ('' when rows go to stdout)."""
         return "" if self.to_stdout else f"; continue with --resume -o {self.output}"
+
+
+@dataclass
+class CalibrateOptions:
+    """One `winclip calibrate`: known-good images -> a calibration file."""
+
+    inputs: list[Path]
+    output: Path
+    class_name: str = DEFAULT_CLASS
+    ref: Path | None = None
+    k: int | None = None
+    seed: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None
+    model: ModelOptions = field(default_factory=ModelOptions)
 
 
 @dataclass
@@ -88,6 +112,7 @@ class EvalOptions:
     json_path: Path | None = None
     scores_path: Path | None = None
     compare: str | None = None  # 'paper'
+    calibrate: float | None = None  # --calibrate A: false-alarm rate from train/good
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     model: ModelOptions = field(default_factory=ModelOptions)

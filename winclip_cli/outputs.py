@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write
 
 if TYPE_CHECKING:
     import torch
 
+    from .calibration import Calibration
     from .data import InputImage
 
 
@@ -61,11 +63,141 @@ def _draw_legend(canvas: Image.Image) -> None:
     draw.text((x0 + bar_w + 4, y0 + (bar_h - 10) // 2), "1", fill=(255, 255, 255))
 
 
-def render_overlay(image: Image.Image, anomaly_map: np.ndarray) -> Image.Image:
-    """The heatmap (same size as ``image``) blended over the image, with a colour bar."""
-    heat = Image.fromarray(colorize(anomaly_map))
+CONTOUR_COLOUR = (255, 40, 40)  # red: no viridis colour is close to it
+THRESHOLD_MARK = 0.75  # where the pixel threshold sits on a calibrated colour bar
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """Colours anchored on a calibration: map value v is shown at colour position
+    ``(v - low) / (high - low)`` (clipped to 0..1), with ``low`` the smallest map maximum
+    of the known-good images, ``threshold`` the pixel threshold m_(k) at 3/4 of the bar
+    and ``high = threshold + (threshold - low) / 3``. So every pixel darker than the
+    best known-good image's peak is dark blue, the top quarter of the bar (green to
+    yellow) is the anomalous region, and maps that bunch within hundredths still spread
+    over the bar."""
+
+    low: float
+    threshold: float
+    high: float
+
+    @classmethod
+    def of(cls, cal: Calibration | None, rule: object) -> ColourScale | None:
+        """The scale of a run with a calibration and maps; None otherwise (absolute 0..1)."""
+        threshold = getattr(rule, "pixel_threshold", None)
+        if cal is None or cal.map_maxima is None or threshold is None:
+            return None
+        low = min(float(cal.map_maxima.min()), threshold)
+        span = max(threshold - low, 1e-3)  # all maxima equal: still a readable bar
+        low = threshold - span
+        return cls(low, threshold, threshold + span * (1 - THRESHOLD_MARK) / THRESHOLD_MARK)
+
+    def positions(self, values: np.ndarray) -> np.ndarray:
+        """Map values -> colour positions in [0, 1]."""
+        return np.clip((values - self.low) / (self.high - self.low), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What an overlay says about its image: score, label, p-value."""
+
+    score: float | None
+    label: str
+    p_value: float | None
+
+    def text(self) -> str:
+        parts = [] if self.score is None else [f"score {self.score:.6f}"]
+        parts += [self.label] if self.label else []
+        parts += [] if self.p_value is None else [f"p {self.p_value:.6f}"]
+        return "  ".join(parts)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:  # older Pillow: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def text_size(image: Image.Image) -> int:
+    """A font size readable when the whole image fits a screen: ~1/30 of its short side."""
+    return max(10, min(image.size) // 30)
+
+
+def _draw_caption(canvas: Image.Image, caption: Caption) -> None:
+    size = text_size(canvas)
+    font = _font(size)
+    draw = ImageDraw.Draw(canvas)
+    pad = max(2, size // 4)
+    box = draw.textbbox((pad, pad), caption.text(), font=font)
+    draw.rectangle([0, 0, box[2] + pad, box[3] + pad], fill=(0, 0, 0))
+    colour = CONTOUR_COLOUR if caption.label == "anomalous" else (255, 255, 255)
+    draw.text((pad, pad), caption.text(), fill=colour, font=font)
+
+
+def _draw_calibrated_legend(canvas: Image.Image, scale: ColourScale) -> None:
+    """The colour bar of a ColourScale: its ends and the marked pixel threshold."""
+    width, height = canvas.size
+    size = max(8, text_size(canvas) * 3 // 4)
+    font = _font(size)
+    bar_w = max(64, min(width // 3, 600))
+    bar_h = max(6, size // 2)
+    margin = max(4, size // 2)
+    x0 = width - bar_w - margin * 3
+    if x0 < 0 or height < 4 * size:
+        return
+    y1 = height - margin - size - 2
+    y0 = y1 - bar_h
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([x0 - margin, y0 - size - margin, width, height], fill=(0, 0, 0))
+    canvas.paste(Image.fromarray(colorize(np.tile(np.linspace(0, 1, bar_w), (bar_h, 1)))), (x0, y0))
+    mark = x0 + round(THRESHOLD_MARK * (bar_w - 1))
+    draw.rectangle([mark - 1, y0 - 3, mark + 1, y1 + 3], fill=CONTOUR_COLOUR)
+    white = (255, 255, 255)
+    draw.text((x0, y0 - size - 2), "map vs known-good images", fill=white, font=font)
+    draw.text((x0, y1 + 2), f"{scale.low:.3f}", fill=white, font=font)
+    draw.text(
+        (mark, y1 + 2), f"{scale.threshold:.3f} region", fill=CONTOUR_COLOUR, font=font, anchor="ma"
+    )
+
+
+def region_outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """The pixels of ``mask`` on its border (4-neighbourhood), grown to ``thickness``."""
+    padded = np.pad(mask, 1, constant_values=False)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & mask
+    edge = mask & ~inner
+    for _ in range(thickness - 1):
+        grown = np.pad(edge, 1, constant_values=False)
+        edge = edge | grown[:-2, 1:-1] | grown[2:, 1:-1] | grown[1:-1, :-2] | grown[1:-1, 2:]
+    return edge
+
+
+def render_overlay(
+    image: Image.Image,
+    anomaly_map: np.ndarray,
+    scale: ColourScale | None = None,
+    region: np.ndarray | None = None,
+    caption: Caption | None = None,
+) -> Image.Image:
+    """The heatmap (same size as ``image``) blended over the image, with a colour bar.
+
+    Without ``scale`` the colours are absolute (0..1); with it they are anchored on a
+    calibration. ``region``: the anomalous pixels, outlined; ``caption``: drawn top left.
+    """
+    values = anomaly_map if scale is None else scale.positions(anomaly_map)
+    heat = Image.fromarray(colorize(values))
     canvas = Image.blend(image.convert("RGB"), heat, OVERLAY_ALPHA)
-    _draw_legend(canvas)
+    if region is not None and region.any():
+        outline = region_outline(region, max(1, min(canvas.size) // 150))
+        pixels = np.asarray(canvas).copy()
+        pixels[outline] = CONTOUR_COLOUR
+        canvas = Image.fromarray(pixels)
+    if scale is None:
+        _draw_legend(canvas)
+    else:
+        _draw_calibrated_legend(canvas, scale)
+    if caption is not None:
+        _draw_caption(canvas, caption)
     return canvas
 
 
@@ -88,21 +220,55 @@ def save_npy(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda f: np.save(f, array.astype(np.float32, copy=False)))
 
 
+@dataclass(frozen=True)
+class ImageOutputs:
+    """What was written for one input: paths ('' when not asked for) and the region size."""
+
+    overlay: str
+    map: str = ""
+    mask: str = ""
+    anomalous_pixels: int | None = None  # with a pixel threshold
+
+
+def anomalous_region(full_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """The pixels of the full-size map above the pixel threshold (WINCLIP.md)."""
+    return full_map > pixel_threshold
+
+
+def write_mask(region: np.ndarray, path: Path) -> None:
+    """A binary PNG at the image's size: 255 in the anomalous region, 0 elsewhere."""
+    save_png(Image.fromarray(region.astype(np.uint8) * 255), path)
+
+
 def write_image_outputs(
-    image: InputImage, grid_map: torch.Tensor, out_dir: Path, save_maps: bool
-) -> tuple[str, str]:
-    """The overlay (and with ``save_maps`` the raw map) of one input, at the size it is
-    shown; returns their paths ('' for a map not asked for)."""
+    image: InputImage,
+    grid_map: torch.Tensor,
+    out_dir: Path,
+    save_maps: bool,
+    *,
+    pixel_threshold: float | None = None,
+    scale: ColourScale | None = None,
+    caption: Caption | None = None,
+    save_mask: bool = False,
+) -> ImageOutputs:
+    """The overlay (and with ``save_maps`` the raw map, with ``save_mask`` the region's
+    mask) of one input, at the size it is shown."""
     from .data import open_image
     from .scoring import upsample
 
     picture = open_image(image.path)
     full = upsample(grid_map[None], (picture.height, picture.width))[0].numpy()
+    region = None if pixel_threshold is None else anomalous_region(full, pixel_threshold)
     overlay = output_name(out_dir, image.relative, ".png")
-    save_png(render_overlay(picture, full), overlay)
-    saved = ""
+    save_png(render_overlay(picture, full, scale, region, caption), overlay)
+    saved = mask = ""
     if save_maps:
         map_path = output_name(out_dir, image.relative, ".npy")
         save_npy(full, map_path)
         saved = str(map_path)
-    return str(overlay), saved
+    if save_mask and region is not None:
+        mask_path = output_name(out_dir, image.relative, ".mask.png")
+        write_mask(region, mask_path)
+        mask = str(mask_path)
+    count = None if region is None else int(region.sum())
+    return ImageOutputs(str(overlay), saved, mask, count)

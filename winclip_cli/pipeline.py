@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .data import InputImage, open_image
-from .decision import ANOMALOUS, label_of
-from .engines import ImageResult
+from .decision import ANOMALOUS, CalibratedRule, label_of
+from .engines import Engine, ImageResult
+from .engines.anomalous import AnomalousMapsEngine
 from .engines.local import LocalEngine, Scorer
 from .errors import ExitCode, ImageReadError, Interrupted, OutputError, UsageError
 from .interrupts import CriticalSection, interruptible
 from .model import WinClip
 from .options import RunOptions, default_workers
-from .outputs import write_image_outputs
+from .outputs import Caption, ColourScale, ImageOutputs, write_image_outputs
 from .planning import Plan, plan
 from .progress import Reporter
 from .rows import Row, RowWriter, discard_stdout, stdout_rows
@@ -81,12 +82,16 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         reporter.info(f"resuming: {len(p.done)} row(s) already written, {len(p.todo)} to go")
         if not p.todo and opts.save_bank is None:  # nothing left: don't pay for the model
             return tally.exit_code(opts.fail_on_anomaly)
-    report = None if opts.report is None else RunReport(opts, opts.report, list(p.done.values()))
+    report = None if opts.report is None else RunReport(p, opts.report)
     with interruptible() as section:
         try:
             scorer = load_scorer(p, reporter, model)
             workers = default_workers() if opts.workers is None else opts.workers
-            engine = LocalEngine(scorer, opts.batch_size, workers)
+            engine: Engine = LocalEngine(scorer, opts.batch_size, workers)
+            if opts.maps_mode == "anomalous":
+                assert p.rule is not None  # planning refuses --maps anomalous without one
+                engine = AnomalousMapsEngine(scorer, opts.batch_size, workers, p.rule)
+            _say_threshold(p, reporter)
             on_row = report.add if report is not None else None
             with RowSink(p, tally, section, on_row) as sink:
                 _score(p, engine.predict(p.todo), sink, reporter)
@@ -100,6 +105,20 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
     if report is not None:
         report.write(reporter, incomplete=False)
     return tally.exit_code(opts.fail_on_anomaly)
+
+
+def _say_threshold(p: Plan, reporter: Reporter) -> None:
+    """The calibrated threshold in use, once on stderr, so the log says what decided."""
+    rule = p.rule
+    if not isinstance(rule, CalibratedRule) or p.calibration is None:
+        return
+    text = (
+        f"--calibration {p.opts.calibration}: n={p.calibration.n}, false-alarm rate "
+        f"{rule.alpha:g}: anomalous above score {rule.threshold:.6f}"
+    )
+    if p.opts.maps and rule.pixel_threshold is not None:
+        text += f", pixels above {rule.pixel_threshold:.6f}"
+    reporter.info(text)
 
 
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:
@@ -129,6 +148,10 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
         if refs.save_to is not None:
             save_bank(bank, refs.save_to)
             reporter.info(f"reference bank saved to {refs.save_to}")
+    if p.calibration is not None and opts.calibration is not None:
+        from .calibrate import check_loaded, fingerprint
+
+        check_loaded(p.calibration, opts.calibration, fingerprint(wc, opts.class_name, bank))
     return Scorer(wc, text, bank, maps=opts.maps)
 
 
@@ -155,6 +178,10 @@ def _score(p: Plan, results: Iterator[ImageResult], sink: RowSink, reporter: Rep
     reporter.info(summary)
 
 
+def _p(rule: object, row: Row) -> float | None:
+    return rule.p_value(row.score) if isinstance(rule, CalibratedRule) else None
+
+
 class RowSink:
     """Rows in input order, each written (and flushed) once its overlay is on disk.
 
@@ -175,7 +202,8 @@ class RowSink:
             stream: IO[str] = p.rows_file.stream(appending) if p.rows_file else stdout_rows()
             self.stream = stream
             self.writer = RowWriter(stream, self.opts.fmt, p.cols, header=not appending)
-        self.pending: deque[tuple[Row, Future[tuple[str, str]] | None]] = deque()
+        self.pending: deque[tuple[Row, Future[ImageOutputs] | None]] = deque()
+        self.scale = ColourScale.of(p.calibration, p.rule)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
         if self.opts.maps:
             self.opts.out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,9 +239,18 @@ class RowSink:
             row = Row(image.display, score=result.score, map_max=result.map_max)
             job = None
             if result.grid_map is not None:
-                opts = self.opts
+                opts, rule = self.opts, self.plan.rule
+                caption = Caption(result.score, label_of(rule, result.score), _p(rule, row))
                 job = self.pool.submit(
-                    write_image_outputs, image, result.grid_map, opts.out_dir, opts.save_maps
+                    write_image_outputs,
+                    image,
+                    result.grid_map,
+                    opts.out_dir,
+                    opts.save_maps,
+                    pixel_threshold=None if rule is None else rule.pixel_threshold,
+                    scale=self.scale,
+                    caption=caption if rule is not None else None,
+                    save_mask=opts.save_masks,
                 )
             self.pending.append((row, job))
         self.flush(block=len(self.pending) > MAX_PENDING_IMAGES)
@@ -227,6 +264,7 @@ class RowSink:
             if job is not None:
                 self._collect(row, job)
             row.label = label_of(self.plan.rule, row.score)
+            row.p_value = _p(self.plan.rule, row)
             with self.section(), self._writing_rows():
                 self.writer.write(row)
                 self.pending.popleft()
@@ -234,9 +272,11 @@ class RowSink:
             if self.on_row is not None:
                 self.on_row(self.writer.record(row))
 
-    def _collect(self, row: Row, job: Future[tuple[str, str]]) -> None:
+    def _collect(self, row: Row, job: Future[ImageOutputs]) -> None:
         try:
-            row.overlay, row.map = job.result()
+            written = job.result()
+            row.overlay, row.map, row.mask = written.overlay, written.map, written.mask
+            row.anomalous_pixels = written.anomalous_pixels
         except (ImageReadError, OSError) as exc:
             if getattr(exc, "errno", None) in DISK_FULL:  # every next image would fail
                 hint = self.opts.resume_hint
@@ -247,3 +287,4 @@ class RowSink:
             # An error row has no score: this one could not be delivered whole.
             row.status, row.error = "error", f"overlay not written: {exc}"
             row.score = row.map_max = None
+            row.anomalous_pixels = None

@@ -15,16 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .cache import ReferenceBank
 from .data import InputImage, find_images
-from .decision import DecisionRule, ThresholdRule
+from .decision import CalibratedRule, DecisionRule, ThresholdRule
 from .errors import BankFileError, PromptFileError, UsageError
 from .options import DEFAULT_K, LOCAL_DIR, ModelOptions, RunOptions
 from .outputs import output_name
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .references import pick_references
-from .rows import FORMATS, RowsFile, columns, read_finished_rows
+from .rows import FORMATS, SCORE_DECIMALS, RowsFile, columns, read_finished_rows
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Plan:
     cols: list[str]
     rule: DecisionRule | None  # the verdict of a row; None: no label column
     rows_file: RowsFile | None  # -o FILE, locked; None for stdout
+    calibration: Calibration | None = None  # --calibration: its settings apply
 
     def __enter__(self) -> Plan:
         return self
@@ -142,7 +147,7 @@ def check_model_options(model: ModelOptions) -> PromptSet:
         raise UsageError(str(exc)) from exc
 
 
-def _check_numbers(opts: RunOptions) -> None:
+def check_numbers(opts: RunOptions) -> None:
     check_class_name(opts.class_name)
     if opts.fmt not in FORMATS:
         raise UsageError(f"--format {opts.fmt!r}: use {' or '.join(FORMATS)}")
@@ -152,9 +157,16 @@ def _check_numbers(opts: RunOptions) -> None:
         raise UsageError("--workers must be 0 or more")
     if opts.threshold is not None and not math.isfinite(opts.threshold):
         raise UsageError("--threshold must be a number (scores lie in 0..1)")
-    if opts.fail_on_anomaly and opts.threshold is None:
-        raise UsageError("--fail-on-anomaly needs --threshold")
-    if opts.require_ref and opts.ref is None:
+    if opts.fail_on_anomaly and opts.threshold is None and opts.calibration is None:
+        raise UsageError("--fail-on-anomaly needs --threshold or --calibration")
+    if opts.false_alarm_rate is not None and opts.calibration is None:
+        raise UsageError("--false-alarm-rate needs --calibration (a file from winclip calibrate)")
+    if opts.calibration is not None and opts.threshold is not None:
+        raise UsageError("--threshold and --calibration are two decision rules: give one")
+    if opts.save_masks and not (opts.maps and opts.calibration is not None):
+        raise UsageError("--save-masks needs maps (segment, fewshot) and --calibration")
+    _check_maps_mode(opts)
+    if opts.require_ref and opts.ref is None and opts.calibration is None:
         raise UsageError("fewshot needs --ref (a folder of normal images, or a bank file)")
     if opts.ref is None and (opts.k is not None or opts.seed is not None):
         raise UsageError("--k and --seed choose reference images: they need --ref")
@@ -166,7 +178,21 @@ def _check_numbers(opts: RunOptions) -> None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
 
 
-def _plan_references(opts: RunOptions) -> References:
+def _check_maps_mode(opts: RunOptions) -> None:
+    if opts.maps_mode == "all":
+        return
+    if opts.maps_mode != "anomalous":
+        raise UsageError(f"--maps {opts.maps_mode!r}: use all or anomalous")
+    if opts.require_ref or opts.ref is not None:
+        raise UsageError(
+            "--maps anomalous is zero-shot only: a few-shot score needs the windows itself "
+            "(it averages in the few-shot map), so there is no cheaper first pass"
+        )
+    if opts.threshold is None and opts.calibration is None:
+        raise UsageError("--maps anomalous needs a decision: --calibration or --threshold")
+
+
+def plan_references(opts: RunOptions) -> References:
     """The K readable reference images (folder) or the bank (file)."""
     refs = References(source=opts.ref, save_to=opts.save_bank)
     if opts.ref is None:
@@ -280,6 +306,7 @@ def _check_not_clobbering(
             f"--out {opts.out_dir} is in the --ref folder: overlays would become references"
         )
     suffixes = [".png", ".npy"] if opts.save_maps else [".png"]
+    suffixes += [".mask.png"] if opts.save_masks else []
     written = {
         os.path.abspath(output_name(opts.out_dir, image.relative, suffix)): image
         for image in images
@@ -309,13 +336,27 @@ def _read_resume(
     if rule is not None:
         for row in rows:
             score = float(row["score"]) if row.get("score") not in (None, "") else None
+            if "p_value" in row and _p_text(row["p_value"]) != _p_text(rule.p_value(score)):
+                raise UsageError(
+                    f"cannot resume: {out} was written with another calibration or "
+                    f"--false-alarm-rate ({row['path']} has p_value {row['p_value']!r}); "
+                    "resume with the first run's --calibration and --false-alarm-rate"
+                )
             if row["label"] != rule.label(score):
                 raise UsageError(
-                    f"cannot resume: {out} was labelled with another --threshold "
+                    f"cannot resume: {out} was labelled with another decision rule "
                     f"({row['path']} is {row['label']!r} at {row['score']}); "
-                    "resume with the first run's --threshold"
+                    "resume with the first run's --threshold, or --calibration and "
+                    "--false-alarm-rate"
                 )
     return {resume_key(row["path"]): row for row in rows}
+
+
+def _p_text(value: object) -> str:
+    """A p-value as the rows print it, to compare a resumed file's with this run's."""
+    if value in (None, ""):
+        return ""
+    return f"{float(str(value)):.{SCORE_DECIMALS}f}"
 
 
 def resume_key(path: str) -> str:
@@ -326,9 +367,17 @@ def resume_key(path: str) -> str:
 
 def plan(opts: RunOptions) -> Plan:
     """Validate everything that can be validated without the model (exit 2 on failure)."""
-    _check_numbers(opts)
+    check_numbers(opts)
     prompts = check_model_options(opts.model)
-    refs = _plan_references(opts)
+    cal = None
+    if opts.calibration is not None:
+        from .calibrate import apply_to_options, load_for_run
+
+        cal = load_for_run(opts.calibration)
+        opts, prompts = apply_to_options(opts, cal)
+    refs = plan_references(opts)
+    if cal is not None:
+        refs.source, refs.bank = opts.calibration, cal.bank
     if opts.save_bank is not None:
         if opts.ref is None:
             raise UsageError("--save-bank needs --ref (the folder of normal images)")
@@ -341,10 +390,21 @@ def plan(opts: RunOptions) -> Plan:
         _check_out_dir(opts.out_dir)
     images = _find_inputs(opts)
     _check_not_clobbering(opts, images, refs.images)
-    rule = None if opts.threshold is None else ThresholdRule(opts.threshold)
-    cols = columns(opts.maps, opts.maps and opts.save_maps, labelled=rule is not None)
+    rule: DecisionRule | None = None
+    if cal is not None:
+        assert opts.false_alarm_rate is not None  # apply_to_options sets it
+        rule = CalibratedRule.from_calibration(cal, opts.false_alarm_rate)
+    elif opts.threshold is not None:
+        rule = ThresholdRule(opts.threshold)
+    cols = columns(
+        opts.maps,
+        opts.maps and opts.save_maps,
+        labelled=rule is not None,
+        calibrated=cal is not None,
+        saved_masks=opts.save_masks,
+    )
     if opts.output is None or opts.to_stdout:
-        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None)
+        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, cal)
     output = Path(opts.output)
     check_writable_file(output)
     rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
@@ -360,4 +420,4 @@ def plan(opts: RunOptions) -> Plan:
         rows_file.release()
         raise
     todo = [im for im in images if resume_key(im.display) not in done]
-    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file)
+    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, cal)

@@ -31,9 +31,12 @@ SCORE_DECIMALS = 6
 COLUMNS: dict[str, str] = {
     "path": "the input file, as given on the command line and walked down",
     "score": "anomaly score in [0, 1], 6 decimals; empty on an error row",
-    "label": "anomalous or normal (with a decision rule: --threshold)",
+    "p_value": "(1 + #{calibration scores >= score}) / (n + 1), 6 decimals (--calibration)",
+    "label": "anomalous or normal (with a decision rule: --threshold or --calibration)",
     "map_max": "maximum of the anomaly map (segment, fewshot)",
+    "anomalous_pixels": "pixels above the calibration's pixel threshold (maps, --calibration)",
     "overlay": "the heatmap overlay written for this input (segment, fewshot)",
+    "mask": "the anomalous-region mask PNG written with --save-masks",
     "map": "the raw map written with --save-maps",
     "status": "ok or error",
     "error": "why the input could not be scored; empty when ok",
@@ -52,13 +55,25 @@ class Row:
     overlay: str = ""
     map: str = ""
     label: str = ""  # set by the run's decision rule, once
+    p_value: float | None = None  # set by a calibrated rule
+    anomalous_pixels: int | None = None  # maps with a calibration
+    mask: str = ""
 
 
-def columns(with_maps: bool, saved_maps: bool, labelled: bool) -> list[str]:
+def columns(
+    with_maps: bool,
+    saved_maps: bool,
+    labelled: bool,
+    calibrated: bool = False,
+    saved_masks: bool = False,
+) -> list[str]:
     """The run's columns, in COLUMNS order."""
     wanted = {"path", "score", "status", "error"}
     wanted |= {"label"} if labelled else set()
+    wanted |= {"p_value"} if calibrated else set()
     wanted |= {"map_max", "overlay"} if with_maps else set()
+    wanted |= {"anomalous_pixels"} if with_maps and calibrated else set()
+    wanted |= {"mask"} if saved_masks else set()
     wanted |= {"map"} if saved_maps else set()
     return [c for c in COLUMNS if c in wanted]
 
@@ -166,9 +181,12 @@ class RowWriter:
         values: dict[str, Any] = {
             "path": row.path,
             "score": _rounded(row.score),
+            "p_value": _rounded(row.p_value),
             "label": row.label,
             "map_max": _rounded(row.map_max),
+            "anomalous_pixels": row.anomalous_pixels,
             "overlay": row.overlay,
+            "mask": row.mask,
             "map": row.map,
             "status": row.status,
             "error": row.error,

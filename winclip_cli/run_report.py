@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write
+from .decision import CalibratedRule, ThresholdRule
 from .options import LOCAL_DIR, RunOptions
+from .planning import Plan
 from .progress import Reporter
 from .report import render_report
 
 
-def run_info(opts: RunOptions) -> dict[str, str]:
+def run_info(p: Plan) -> dict[str, str]:
     """What the report's header says was run."""
+    opts = p.opts
     info = {
         "command": opts.command,
         "model": opts.model.model,
@@ -25,8 +28,11 @@ def run_info(opts: RunOptions) -> dict[str, str]:
     }
     if opts.ref is not None:
         info["references"] = f"{opts.ref} (K = {opts.k or 'from the bank or 4'})"
-    if opts.threshold is not None:
-        info["threshold"] = f"{opts.threshold:g}"
+    if isinstance(p.rule, ThresholdRule):
+        info["threshold"] = f"{p.rule.threshold:g}"
+    elif isinstance(p.rule, CalibratedRule) and p.calibration is not None:
+        info["calibration"] = f"{opts.calibration} (n = {p.calibration.n})"
+        info["false-alarm rate"] = f"{p.rule.alpha:g}: anomalous above {p.rule.threshold:.6f}"
     return info
 
 
@@ -40,9 +46,9 @@ def _weights(opts: RunOptions) -> str:
 class RunReport:
     """Collects a run's rows (resumed ones first) and writes the report at the end."""
 
-    def __init__(self, opts: RunOptions, path: Path, resumed: list[dict[str, Any]]) -> None:
-        self.opts, self.path = opts, path
-        self.rows: list[dict[str, Any]] = list(resumed)
+    def __init__(self, p: Plan, path: Path) -> None:
+        self.plan, self.path = p, path
+        self.rows: list[dict[str, Any]] = list(p.done.values())
         self.started = time.perf_counter()
 
     def add(self, record: dict[str, Any]) -> None:
@@ -51,12 +57,15 @@ class RunReport:
     def write(self, reporter: Reporter, incomplete: bool) -> None:
         """Render and write the report; thumbnails show a progress bar on a terminal."""
         elapsed = time.perf_counter() - self.started
+        cal = self.plan.calibration
+        calibration_scores = None if cal is None else [float(s) for s in cal.scores]
         try:
             text = render_report(
                 self.rows,
                 output=self.path,
-                run_info=run_info(self.opts),
-                threshold=self.opts.threshold,
+                run_info=run_info(self.plan),
+                threshold=None if self.plan.rule is None else self.plan.rule.threshold,
+                calibration_scores=calibration_scores,
                 incomplete=incomplete,
                 elapsed=elapsed,
                 progress=reporter.counter("thumbnails"),
