@@ -40,6 +40,7 @@ class Backbone:
     std: tuple[float, float, float]
     device: torch.device
     dtype: torch.dtype  # autocast dtype; float32 means no autocast
+    source: str = ""  # where the weights came from (a file, a tag in the cache), for logs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -342,4 +343,9 @@ def load_backbone(
     default = visual.preprocess_cfg
     mean: tuple[float, float, float] = tuple(tag_cfg.get("mean", default["mean"]))
     std: tuple[float, float, float] = tuple(tag_cfg.get("std", default["std"]))
-    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype)
+    source = (
+        str(checkpoint)
+        if weights or model.startswith(LOCAL_DIR)
+        else (f"{pretrained} from {checkpoint}")
+    )
+    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype, source)

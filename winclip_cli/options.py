@@ -16,6 +16,7 @@ DEFAULT_SCALES = (2, 3)
 DEFAULT_CLASS = "object"
 LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
+DEFAULT_SETTLE = 2.0  # seconds: with --resume, files modified more recently wait a run
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -60,6 +61,8 @@ class RunOptions:
     threshold: float | None = None
     fail_on_anomaly: bool = False
     resume: bool = False
+    retry_errors: bool = True  # --resume scores error rows again
+    settle: float = DEFAULT_SETTLE  # --resume leaves files modified this recently
     model: ModelOptions = field(default_factory=ModelOptions)
 
     @property
