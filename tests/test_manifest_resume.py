@@ -136,9 +136,7 @@ def test_resume_as_another_command_or_model_is_refused(folder, model_dir, tmp_pa
     assert code == 2 and "another command: score there, segment now" in stderr, stderr
 
 
-def test_resume_with_other_weights_is_refused_once_they_are_loaded(
-    folder, tiny_model, tmp_path
-):
+def test_resume_with_other_weights_is_refused_once_they_are_loaded(folder, tiny_model, tmp_path):
     """The fingerprint is known only after loading: checked then, before any row."""
     other = make_tiny_model(tmp_path / "other-weights", seed=3)["weights"]
     rows = tmp_path / "rows.csv"

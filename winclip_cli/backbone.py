@@ -259,7 +259,7 @@ def checkpoint_architecture(state: dict[str, torch.Tensor]) -> dict[str, int] | 
     if conv is None or pos is None or conv.ndim != 4 or pos.ndim != 2:
         return None
     width, patch = int(conv.shape[0]), int(conv.shape[-1])
-    grid = int(round((pos.shape[0] - 1) ** 0.5))
+    grid = round((pos.shape[0] - 1) ** 0.5)
     prefix = "visual.transformer.resblocks."
     layers = {key[len(prefix) :].split(".", 1)[0] for key in state if key.startswith(prefix)}
     return {"width": width, "layers": len(layers), "patch_size": patch, "image_size": grid * patch}
@@ -317,8 +317,7 @@ def _assign_weights(
         detail = " ".join(line.strip() for line in first[:2])
         hint = architecture_hint(state, arch)
         raise WeightsUnavailableError(
-            f"weights {source} do not fit --model {model}: {hint} "
-            f"({detail[:160]})"
+            f"weights {source} do not fit --model {model}: {hint} ({detail[:160]})"
         ) from exc
     # Non-persistent buffers are not in a checkpoint: rebuild them on a real device.
     for name, buf in list(clip.named_buffers()):
