@@ -197,7 +197,7 @@ def test_interrupt_then_resume(dataset, model_dir, reference, tmp_path, fmt, sig
 
     # --resume scores the rest: no duplicates, same rows as an uninterrupted run.
     resumed = subprocess.run(
-        [*args, "--resume"], capture_output=True, env=env_for(tmp_path / "cache"), timeout=300
+        [*args, "--resume", "--settle", "0"], capture_output=True, env=env_for(tmp_path / "cache"), timeout=300
     )
     assert resumed.returncode == 3, resumed.stderr.decode()  # the broken file still counts
     final = parse(rows, fmt)
@@ -296,14 +296,18 @@ def is_stage(line: str) -> bool:
     return line.startswith(STAGES)
 
 
-def invoke(args: list[str], cache: Path):
-    """The CLI in this process (no interpreter start-up): exit code and stderr."""
+def invoke(args: list[str], cache: Path, settle: str | None = "0"):
+    """The CLI in this process (no interpreter start-up): exit code and stderr.
+
+    ``settle``: --settle for the run; "0" by default, since test images are seconds old
+    (None: the command's default)."""
     from typer.testing import CliRunner
 
     from winclip_cli.cli import app
 
     env = {"WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-    result = CliRunner().invoke(app, [*args, "--workers", "0"], env=env)
+    extra = ["--settle", settle] if settle is not None else []
+    result = CliRunner().invoke(app, [*args, "--workers", "0", *extra], env=env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stderr

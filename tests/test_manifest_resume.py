@@ -341,7 +341,7 @@ def test_a_file_still_growing_is_left_for_the_next_run(folder, model_dir, tmp_pa
     writer.start()
     try:
         time.sleep(0.2)
-        code, stderr = invoke(score(folder, model_dir, rows, "--resume"), tmp_path)
+        code, stderr = invoke(score(folder, model_dir, rows, "--resume"), tmp_path, settle=None)
     finally:
         stop.set()
         writer.join()
