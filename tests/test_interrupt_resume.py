@@ -197,7 +197,10 @@ def test_interrupt_then_resume(dataset, model_dir, reference, tmp_path, fmt, sig
 
     # --resume scores the rest: no duplicates, same rows as an uninterrupted run.
     resumed = subprocess.run(
-        [*args, "--resume", "--settle", "0"], capture_output=True, env=env_for(tmp_path / "cache"), timeout=300
+        [*args, "--resume", "--settle", "0"],
+        capture_output=True,
+        env=env_for(tmp_path / "cache"),
+        timeout=300,
     )
     assert resumed.returncode == 3, resumed.stderr.decode()  # the broken file still counts
     final = parse(rows, fmt)
