@@ -291,7 +291,7 @@ def test_every_cut_through_the_last_row_is_repaired(tmp_path, fmt):
         assert len(repaired) == len(kept) + 1, cut
 
 
-STAGES = ("model loaded: ", "text embeddings for ", "reference bank ")
+STAGES = ("model loaded: ", "text embeddings for ", "reference bank ", "scoring: ")
 
 
 def is_stage(line: str) -> bool:
