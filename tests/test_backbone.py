@@ -170,7 +170,7 @@ def test_state_dict_that_does_not_fit(state_dict, tmp_path, no_hub, damage):
         state_dict["visual.conv1.weight"] = torch.zeros(32, 3, 4, 4)
     path = tmp_path / "bad.pt"
     torch.save(state_dict, path)
-    with pytest.raises(WeightsUnavailableError, match="do not fit this model") as info:
+    with pytest.raises(WeightsUnavailableError, match="do not fit --model") as info:
         WinClip.load(model=TINY_NAME, weights=path)
     assert "bad.pt" in str(info.value)
 
@@ -183,8 +183,9 @@ def test_other_architecture_state_dict(tmp_path, no_hub):
     wide = open_clip.create_model(name)
     path = tmp_path / "wide.pt"
     torch.save(wide.state_dict(), path)
-    with pytest.raises(WeightsUnavailableError, match="do not fit this model"):
+    with pytest.raises(WeightsUnavailableError, match="do not fit --model") as info:
         WinClip.load(model=TINY_NAME, weights=path)
+    assert f"try --model {name}" in str(info.value)
     # the same file on its own architecture loads
     assert WinClip.load(model=name, weights=path).visual.conv1.out_channels == 64
 
@@ -535,3 +536,36 @@ def test_preprocess_shows_the_picture_as_a_viewer_does(wc):
     stored.save(buffer, format="PNG", exif=exif)
     buffer.seek(0)
     assert torch.equal(wc.preprocess(Image.open(buffer)), wc.preprocess(upright))
+
+
+@pytest.mark.parametrize(
+    ("change", "looks"),
+    [
+        ({"width": 64}, "width 64, 2 layers, patch 8, input 48"),
+        ({"layers": 3}, "width 32, 3 layers, patch 8, input 48"),
+        ({"patch_size": 16, "image_size": 64}, "width 32, 2 layers, patch 16, input 64"),
+    ],
+    ids=["wider", "deeper", "patch16"],
+)
+def test_a_checkpoint_of_another_architecture_is_named(tmp_path, no_hub, change, looks):
+    """The error names the shape the checkpoint has and the open_clip names that fit it,
+    in one line, so `--model` is the obvious fix."""
+    name = "winclip-test-" + "-".join(f"{k}{v}" for k, v in change.items()).replace("_", "")
+    cfg = json.loads(json.dumps(TINY_CFG))
+    cfg["vision_cfg"].update(change)
+    register_config(tmp_path, name, cfg)
+    path = tmp_path / "other.pt"
+    torch.save(open_clip.create_model(name).state_dict(), path)
+    with pytest.raises(WeightsUnavailableError) as info:
+        WinClip.load(model=TINY_NAME, weights=path)
+    message = str(info.value)
+    assert "\n" not in message and looks in message and name in message, message
+    assert TINY_NAME in message  # the --model that was given
+
+
+def test_a_checkpoint_no_model_has_gets_told_so(state_dict, tmp_path, no_hub):
+    from winclip_cli.backbone import architecture_hint
+
+    state = {k: v for k, v in state_dict.items() if not k.startswith("visual.transformer")}
+    assert "no open_clip model has that shape" in architecture_hint(state)
+    assert "not an open_clip ViT" in architecture_hint({"x": torch.zeros(1)})

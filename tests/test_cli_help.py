@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -87,3 +88,57 @@ def test_short_help_option():
 def test_download_help():
     found = options_in(help_text("download"))
     assert {"--model", "--pretrained"} <= found
+
+
+# ----- README's command reference and --help agree -----------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SCORING = ("score", "segment", "fewshot")
+
+
+def readme_options() -> dict[str, set[str]]:
+    """Options in README's tables, per command ("Options of `x`, `y`:" headed tables,
+    and the `download` sentence); a row marked "(segment, fewshot only)" skips score."""
+    text = README.read_text()
+    found: dict[str, set[str]] = {c: set() for c in (*SCORING, "eval", "download")}
+    for block in re.split(r"\nOptions of ", text)[1:]:
+        heading, _, body = block.partition("\n")
+        commands = re.findall(r"`(\w+)`", heading.split(":")[0])
+        if not body.strip().startswith("|"):
+            body = heading  # a sentence, not a table
+            rows = [body]
+        else:
+            rows = [r for r in body.split("\n\n")[0].splitlines() if r.startswith("| `")]
+        for row in rows:
+            first = row.split(" | ")[0] if row.startswith("|") else heading
+            names = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", first))
+            for command in commands:
+                if command == "score" and "(segment, fewshot only)" in row:
+                    continue
+                found[command] |= names
+    return found
+
+
+def help_options(command: str) -> set[str]:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    params = group.commands[command].params  # type: ignore[attr-defined]
+    names = {n for p in params for n in (*p.opts, *p.secondary_opts) if n.startswith("-")}
+    return names - {"-h", "--help"}
+
+
+@pytest.mark.parametrize("command", [*SCORING, "eval", "download"])
+def test_readme_and_help_list_the_same_options(command):
+    readme, helped = readme_options()[command], help_options(command)
+    assert helped - readme == set(), f"in `{command} --help`, not in README"
+    assert readme - helped == set(), f"in README's `{command}` table, not in its --help"
+
+
+def test_help_states_the_cost_and_the_exit_codes():
+    score = help_text("score")
+    assert "one forward pass" in score and "With --ref it runs the windows" in score
+    assert "windowed passes" in help_text("segment")
+    top = help_text()
+    for code in ("0", "1", "2", "3", "4", "75", "130"):
+        assert re.search(rf"\b{code}\b", top), code

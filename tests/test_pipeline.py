@@ -14,17 +14,23 @@ from winclip_cli.progress import Reporter
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data" / "parts" / "good"
 
 
-def test_resume_with_nothing_left_does_not_load_the_model(tmp_path, tiny, cache_dir):
+def test_resume_with_nothing_left_does_not_load_the_model(tmp_path, tiny, cache_dir, monkeypatch):
+    from winclip_cli.model import WinClip
+
     folder = tmp_path / "images"
     shutil.copytree(SAMPLES, folder)
     rows = tmp_path / "rows.csv"
-    opts = RunOptions(inputs=[folder], output=str(rows), workers=0)
+    opts = RunOptions(inputs=[folder], output=str(rows), workers=0, settle=0)
     opts.model = ModelOptions(model=tiny["local_dir"])
     assert run(opts, Reporter(quiet=True)) == ExitCode.OK
     first = rows.read_text()
-    # Everything already has a row: a model that cannot load must not be touched.
+
+    # Everything already has a row: the model must not be touched.
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(WinClip, "load", no_model)
     opts.resume = True
-    opts.model = ModelOptions(model=f"local-dir:{tmp_path / 'missing'}")
     assert run(opts, Reporter(quiet=True)) == ExitCode.OK
     assert rows.read_text() == first
 
@@ -39,7 +45,10 @@ def test_reporter_animates_only_on_a_terminal_and_quiet_keeps_errors():
     reporter.start(10, "scoring")
     reporter.advance(5, 5, 1.0)
     reporter.stop()
-    assert piped.getvalue() == ""  # no progress bar into a pipe or a log file
+    # No bar into a pipe or a log file: progress lines (each tenth or 30 s) instead.
+    assert piped.getvalue() == "scoring: 5/10 (50%), 5.00 img/s, ETA 1 s\n"
+    piped.truncate(0)
+    piped.seek(0)
     reporter.info("9 image(s) scored")
     reporter.warn("reference [/bold]x[red].jpg skipped")  # file names are not markup
     assert "9 image(s) scored" in piped.getvalue()

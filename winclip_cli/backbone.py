@@ -8,6 +8,7 @@ assigned straight from the checkpoint, memory-mapped where the format allows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ class Backbone:
     std: tuple[float, float, float]
     device: torch.device
     dtype: torch.dtype  # autocast dtype; float32 means no autocast
+    source: str = ""  # where the weights came from (a file, a tag in the cache), for logs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -248,9 +250,63 @@ def _build_on_meta(model: str) -> Any:  # open_clip's CLIP (see Backbone.clip)
             raise WeightsUnavailableError(f"cannot build model {model!r}: {exc}") from exc
 
 
-def _assign_weights(clip: Any, state: dict[str, torch.Tensor], source: str) -> None:
+def checkpoint_architecture(state: dict[str, torch.Tensor]) -> dict[str, int] | None:
+    """The vision tower a state dict was made for, read from its tensor shapes: width and
+    patch size (conv1), input size (positional embedding), layers (resblocks); None when
+    it is not an open_clip ViT."""
+    conv = state.get("visual.conv1.weight")
+    pos = state.get("visual.positional_embedding")
+    if conv is None or pos is None or conv.ndim != 4 or pos.ndim != 2:
+        return None
+    width, patch = int(conv.shape[0]), int(conv.shape[-1])
+    grid = round((pos.shape[0] - 1) ** 0.5)
+    prefix = "visual.transformer.resblocks."
+    layers = {key[len(prefix) :].split(".", 1)[0] for key in state if key.startswith(prefix)}
+    return {"width": width, "layers": len(layers), "patch_size": patch, "image_size": grid * patch}
+
+
+@functools.cache
+def _vision_table(names: tuple[str, ...]) -> dict[str, tuple[int, int, int, int]]:
+    """(width, layers, patch size, input size) of every open_clip ViT config; keyed by the
+    list of names, so configs added later (add_model_config) are seen."""
+    import open_clip
+
+    table = {}
+    for name in names:
+        vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+        size = vision.get("image_size")
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        values = (vision.get("width"), vision.get("layers"), vision.get("patch_size"), size)
+        if all(isinstance(v, int) for v in values):
+            table[name] = values
+    return table
+
+
+def architecture_hint(state: dict[str, torch.Tensor], arch: dict[str, int] | None = None) -> str:
+    """One clause naming what a checkpoint looks like, and the open_clip names that fit
+    (``arch``: its checkpoint_architecture, when read before the state was adapted)."""
+    import open_clip
+
+    arch = arch or checkpoint_architecture(state)
+    if arch is None:
+        return "they are not an open_clip ViT checkpoint"
+    shape = (arch["width"], arch["layers"], arch["patch_size"], arch["image_size"])
+    names = [n for n, v in _vision_table(tuple(open_clip.list_models())).items() if v == shape]
+    looks = (
+        f"they look like a ViT of width {shape[0]}, {shape[1]} layers, patch {shape[2]}, "
+        f"input {shape[3]}"
+    )
+    if not names:
+        return looks + " (no open_clip model has that shape: try --model local-dir:PATH)"
+    return looks + f": try --model {' or '.join(names[:6])}"
+
+
+def _assign_weights(
+    clip: Any, state: dict[str, torch.Tensor], source: str, model: str = "this model"
+) -> None:
     from open_clip.model import resize_pos_embed
 
+    arch = checkpoint_architecture(state)  # before resize_pos_embed adapts the grid
     if "logit_scale" in state and state["logit_scale"].ndim != clip.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(clip.logit_scale.shape)
     resize_pos_embed(state, clip)
@@ -259,8 +315,9 @@ def _assign_weights(clip: Any, state: dict[str, torch.Tensor], source: str) -> N
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2])
+        hint = architecture_hint(state, arch)
         raise WeightsUnavailableError(
-            f"weights {source} do not fit this model: {detail[:300]}"
+            f"weights {source} do not fit --model {model}: {hint} ({detail[:160]})"
         ) from exc
     # Non-persistent buffers are not in a checkpoint: rebuild them on a real device.
     for name, buf in list(clip.named_buffers()):
@@ -335,11 +392,16 @@ def load_backbone(
     visual = clip.visual
     if getattr(visual, "pool_type", None) != "tok" or getattr(visual, "attn_pool", None):
         raise WeightsUnavailableError(_NO_CLASS_TOKEN.format(model=model))
-    _assign_weights(clip, _read_state_dict(checkpoint), str(checkpoint))
+    _assign_weights(clip, _read_state_dict(checkpoint), str(checkpoint), model)
     weights_id = weights_fingerprint(clip)  # on the CPU copy: no device round trips
     clip = clip.to(torch_device).eval().requires_grad_(False)
 
     default = visual.preprocess_cfg
     mean: tuple[float, float, float] = tuple(tag_cfg.get("mean", default["mean"]))
     std: tuple[float, float, float] = tuple(tag_cfg.get("std", default["std"]))
-    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype)
+    source = (
+        str(checkpoint)
+        if weights or model.startswith(LOCAL_DIR)
+        else (f"{pretrained} from {checkpoint}")
+    )
+    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype, source)

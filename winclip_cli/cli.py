@@ -25,6 +25,7 @@ from .options import (
     DEFAULT_MODEL,
     DEFAULT_OUT_DIR,
     DEFAULT_PRETRAINED,
+    DEFAULT_SETTLE,
     LOCAL_DIR,
     CalibrateOptions,
     ModelOptions,
@@ -36,7 +37,11 @@ from .rows import FORMATS, discard_stdout
 app = typer.Typer(
     name="winclip",
     help="Zero- and few-shot visual anomaly detection (WinCLIP) for folders of images.\n\n"
-    "Rows go to stdout (or -o FILE); progress and messages go to stderr.",
+    "Rows go to stdout (or -o FILE); progress and messages go to stderr.\n\n"
+    "Exit codes: 0 every input scored; 1 --fail-on-anomaly and an anomaly; 2 usage error; "
+    "3 some inputs unreadable (error rows); 4 model or weights not loaded; 75 --resume left "
+    "files still being written for the next run; 70 internal error; 130/143 interrupted; "
+    "141 stdout closed.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -211,10 +216,13 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show tracebacks of 
 
 HELP = {
     "score": "Anomaly score per image (zero-shot; WinCLIP+ with --ref).\n\n"
-    "One forward pass per image, no windows: the fastest command.",
+    "Zero-shot: one forward pass per image, no windows (the fastest command). With --ref "
+    "it runs the windows as segment does, at segment's speed (about 12x slower).",
     "segment": "Anomaly map per image: a heatmap overlay PNG in --out, plus the score rows.\n\n"
-    "Zero-shot by default; --ref DIR --k N for WinCLIP+ (few-shot).",
+    "Cost: the windowed passes (about 12x score's single pass). Zero-shot by default; "
+    "--ref DIR --k N for WinCLIP+ (few-shot).",
     "fewshot": "WinCLIP+ scores and overlays from K known-good reference images (--ref).\n\n"
+    "Cost: as segment, plus building the bank from K images once (or reading a bank). "
     "--ref is a folder of normal images or a bank saved earlier with --save-bank.",
 }
 
@@ -319,7 +327,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             bool,
             typer.Option(
                 "--resume",
-                help="Continue an interrupted run: keep the rows in -o FILE, score the rest.",
+                help="Continue a run (cron): keep the rows in -o FILE, score the rest and the "
+                "files changed since their row; other settings than the file's are refused.",
                 rich_help_panel=OUTPUT_PANEL,
             ),
         ] = False,
@@ -359,6 +368,23 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 rich_help_panel=OUTPUT_PANEL,
             ),
         ] = "all",
+        retry_errors: Annotated[
+            bool,
+            typer.Option(
+                "--retry-errors/--no-retry-errors",
+                help="With --resume, score error rows again (their new row replaces them).",
+                rich_help_panel=OUTPUT_PANEL,
+            ),
+        ] = True,
+        settle: Annotated[
+            float,
+            typer.Option(
+                help="With --resume, leave files modified within SECONDS for the next run "
+                "(exit 75); 0: off.",
+                rich_help_panel=OUTPUT_PANEL,
+                metavar="SECONDS",
+            ),
+        ] = DEFAULT_SETTLE,
         model: ModelOpt = DEFAULT_MODEL,
         pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
         weights: WeightsOpt = None,
@@ -398,6 +424,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             false_alarm_rate=false_alarm_rate,
             save_masks=save_masks,
             maps_mode=maps_mode,
+            retry_errors=retry_errors,
+            settle=settle,
             model=ModelOptions(
                 model, pretrained, weights, device, precision, prompts, temperature, cache_dir
             ),

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad option, missing path, no images, or the output can't be written
     UNREADABLE = 3  # some inputs have error rows; all others were scored
     MODEL = 4  # the model or its weights could not be loaded
+    PENDING = 75  # --resume left files still being written for the next run (EX_TEMPFAIL)
     INTERNAL = 70  # a bug
     INTERRUPTED = 130
     BROKEN_PIPE = 141

@@ -76,6 +76,7 @@ class WinClip:
                     "weights?); give one with --temperature"
                 )
         self.text_cache = TextEmbeddingCache(cache_dir)
+        self.text_source = ""  # how the last text_embeddings came: cached or encoded (logs)
         self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         # A bank checked against this model and moved to its device carries this mark.
         self._bank_mark = f"{backbone.weights_id}:{self.scales}:{self.device}"
@@ -158,11 +159,13 @@ class WinClip:
         key = self._text_key(class_name)
         cached = self.text_cache.get(key)
         if cached is not None:
+            self.text_source = f"cached in {self.text_cache.root}"
             return cached.to(self.device)
         rows = []
         for group in (key["normal"], key["anomalous"]):
             rows.append(F.normalize(self.encode_text(group).mean(dim=0), dim=-1))
         text = torch.stack(rows)
+        self.text_source = f"encoded {len(key['normal']) + len(key['anomalous'])} prompts"
         self.text_cache.put(key, text)
         return text
 

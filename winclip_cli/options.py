@@ -16,6 +16,7 @@ DEFAULT_SCALES = (2, 3)
 DEFAULT_CLASS = "object"
 LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
+DEFAULT_SETTLE = 2.0  # seconds: with --resume, files modified more recently wait a run
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_FALSE_ALARM_RATE = 0.01  # --false-alarm-rate with --calibration
@@ -68,6 +69,8 @@ class RunOptions:
     false_alarm_rate: float | None = None  # None: DEFAULT_FALSE_ALARM_RATE (with --calibration)
     save_masks: bool = False
     maps_mode: str = "all"  # MAP_MODES
+    retry_errors: bool = True  # --resume scores error rows again
+    settle: float = DEFAULT_SETTLE  # --resume leaves files modified this recently
     model: ModelOptions = field(default_factory=ModelOptions)
     # Options the user typed (CLI parameter names), so a calibration's settings can fill
     # the others and refuse only real contradictions.

@@ -27,7 +27,7 @@ from .interrupts import CriticalSection, interruptible
 from .model import WinClip
 from .options import RunOptions, default_workers
 from .outputs import Caption, ColourScale, ImageOutputs, write_image_outputs
-from .planning import Plan, plan
+from .planning import Plan, plan, resume_key
 from .progress import Reporter
 from .rows import Row, RowWriter, discard_stdout, stdout_rows
 from .run_report import RunReport
@@ -45,6 +45,7 @@ class Tally:
     ok: int = 0
     errors: int = 0
     anomalous: int = 0
+    pending: int = 0  # inputs left for the next run (--settle): not looked at
 
     def add(self, status: str, label: str) -> None:
         if status == "ok":
@@ -58,7 +59,10 @@ class Tally:
         # An anomaly is what a gating job asks about, so it outranks unreadable files.
         if fail_on_anomaly and self.anomalous:
             return ExitCode.ANOMALY
-        return ExitCode.UNREADABLE if self.errors else ExitCode.OK
+        if self.errors:
+            return ExitCode.UNREADABLE
+        # A gate must not pass on images it never looked at.
+        return ExitCode.PENDING if self.pending else ExitCode.OK
 
 
 def run(opts: RunOptions, reporter: Reporter, model: WinClip | None = None) -> ExitCode:
@@ -74,18 +78,30 @@ def run(opts: RunOptions, reporter: Reporter, model: WinClip | None = None) -> E
 
 def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCode:
     """Run a checked Plan: load what it needs, score ``p.todo``, write the rows."""
-    opts = p.opts
-    tally = Tally()
-    for row in p.done.values():
+    opts, resumed = p.opts, p.resume
+    tally = Tally(pending=len(resumed.pending))
+    for row in p.kept.values():
         tally.add(row.get("status", ""), row.get("label", ""))
-    if p.done:
-        reporter.info(f"resuming: {len(p.done)} row(s) already written, {len(p.todo)} to go")
-        if not p.todo and opts.save_bank is None:  # nothing left: don't pay for the model
-            return tally.exit_code(opts.fail_on_anomaly)
+    _tell_resume(p, reporter)
+    if p.done and not p.todo and opts.save_bank is None:  # nothing left: no model needed
+        if resumed.manifest is not None and resumed.recorded_weights is not None:
+            resumed.manifest.weights = resumed.recorded_weights  # new identities, same run
+            resumed.manifest.write(p.rows_file.path)  # type: ignore[union-attr]
+        return tally.exit_code(opts.fail_on_anomaly)
+    if not p.todo and not p.done and opts.save_bank is None:  # every input still settling
+        return tally.exit_code(opts.fail_on_anomaly)
     report = None if opts.report is None else RunReport(p, opts.report)
     with interruptible() as section:
         try:
             scorer = load_scorer(p, reporter, model)
+            if resumed.manifest is not None and p.rows_file is not None:
+                from .manifest import refuse_other_weights
+
+                weights = scorer.model.backbone.weights_id
+                refuse_other_weights(p.rows_file.path, resumed.recorded_weights, weights)
+                resumed.manifest.weights = weights
+                with section():
+                    resumed.manifest.write(p.rows_file.path)
             workers = default_workers() if opts.workers is None else opts.workers
             engine: Engine = LocalEngine(scorer, opts.batch_size, workers)
             if opts.maps_mode == "anomalous":
@@ -121,6 +137,30 @@ def _say_threshold(p: Plan, reporter: Reporter) -> None:
     reporter.info(text)
 
 
+def _tell_resume(p: Plan, reporter: Reporter) -> None:
+    """What --resume found: rows kept, to score again, files left for the next run."""
+    resumed = p.resume
+    if resumed.legacy:
+        reporter.warn(
+            f"{p.opts.output} has no run manifest (written by an older winclip): its "
+            "settings can't be checked and its rows are kept as they are"
+        )
+    if p.done:
+        line = f"resuming: {len(p.done)} row(s) already written, {len(p.todo)} to go"
+        if resumed.again:
+            errors = sum(1 for why in resumed.again.values() if why == "error row")
+            changed = len(resumed.again) - errors
+            line += f" ({errors} error row(s) and {changed} changed file(s) to score again)"
+        reporter.info(line)
+    if resumed.pending:
+        names = ", ".join(im.display for im in resumed.pending[:10])
+        more = f" and {len(resumed.pending) - 10} more" if len(resumed.pending) > 10 else ""
+        reporter.warn(
+            f"{len(resumed.pending)} file(s) modified within the last {p.opts.settle:g} s "
+            f"left for the next run (still being written?): {names}{more}"
+        )
+
+
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:
     """The model (loaded unless given), the class's text embeddings and the bank."""
     import torch
@@ -130,13 +170,16 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
 
     opts, m = p.opts, p.opts.model
     wc = model or WinClip.from_options(m, p.prompts)
+    reporter.stage(f"model loaded: {wc.backbone.model_name} ({wc.backbone.source or 'given'})")
     text = wc.text_embeddings(opts.class_name)
+    reporter.stage(f"text embeddings for {opts.class_name!r}: {wc.text_source}")
     refs, bank = p.references, None
     if refs.bank is not None:
         try:
             bank = wc.check_bank(refs.bank)
         except BankMismatchError as exc:
             raise UsageError(f"--ref {refs.source}: {exc}") from exc
+        reporter.stage(f"reference bank loaded from {refs.source}")
     elif refs.images:
         for message in refs.skipped:
             reporter.warn(message)
@@ -145,6 +188,7 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
         except ImageReadError as exc:  # readable a moment ago: changed under our feet
             raise UsageError(f"--ref {refs.source}: a reference became unreadable: {exc}") from exc
         bank = wc.reference_bank(torch.stack(tensors), batch_size=opts.batch_size)
+        reporter.stage(f"reference bank built from {len(refs.images)} image(s) in {refs.source}")
         if refs.save_to is not None:
             save_bank(bank, refs.save_to)
             reporter.info(f"reference bank saved to {refs.save_to}")
@@ -170,11 +214,13 @@ def _score(p: Plan, results: Iterator[ImageResult], sink: RowSink, reporter: Rep
     elapsed = time.perf_counter() - started
     count, tally = len(p.todo), sink.tally
     summary = f"{count} image(s) in {elapsed:.1f} s ({count / elapsed:.2f} img/s)"
-    summary += f"; with the {len(p.done)} resumed row(s): " if p.done else ": "
+    kept = len(p.kept)
+    summary += f"; with the {kept} resumed row(s): " if kept else ": "
     summary += f"{tally.ok} ok"
     summary += f", {tally.errors} error(s)" if tally.errors else ""
     if p.rule is not None:
         summary += f", {tally.anomalous} {p.rule.describe()}"
+    summary += f", {tally.pending} left for the next run" if tally.pending else ""
     reporter.info(summary)
 
 
@@ -197,11 +243,24 @@ class RowSink:
     ) -> None:
         self.plan, self.tally, self.section, self.on_row = p, tally, section, on_row
         self.opts = p.opts
-        appending = self.opts.resume and bool(p.done)
+        # Rows replaced or out of order: a new file, renamed over the old one at the end.
+        self.rewriting = p.resume.rewrite and p.rows_file is not None
+        self.cursor = 0  # rewriting: p.images[:cursor] have their row in the new file
+        self.scored_again: set[str] = set()
+        self.broken = False
+        appending = self.opts.resume and bool(p.done) and not self.rewriting
         with self._writing_rows():
-            stream: IO[str] = p.rows_file.stream(appending) if p.rows_file else stdout_rows()
+            stream: IO[str]
+            if p.rows_file is None:
+                stream = stdout_rows()
+            elif self.rewriting:
+                stream = p.rows_file.replacement()
+            else:
+                stream = p.rows_file.stream(appending)
             self.stream = stream
             self.writer = RowWriter(stream, self.opts.fmt, p.cols, header=not appending)
+            if self.rewriting:
+                self._orphans_after(None)
         self.pending: deque[tuple[Row, Future[ImageOutputs] | None]] = deque()
         self.scale = ColourScale.of(p.calibration, p.rule)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
@@ -211,11 +270,67 @@ class RowSink:
     def __enter__(self) -> RowSink:
         return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def __exit__(self, kind: object, *_exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.rewriting:
+            self._commit(failed=kind is not None and kind is not Interrupted)
         if self.stream is not sys.stdout:
             with self._writing_rows():
                 self.stream.close()
+
+    def _commit(self, failed: bool) -> None:
+        """Finish the new file with every row not yet in it (the old row of an input not
+        scored again yet included) and rename it over the old one; then the manifest
+        learns the new identities. On a failure writing it, the old file stays."""
+        rows_file = self.plan.rows_file
+        assert rows_file is not None
+        if self.broken:
+            rows_file.discard()
+            return
+        try:
+            with self.section(), self._writing_rows():
+                self._copy_until(None)
+                self.stream.flush()
+                rows_file.commit()
+        except BaseException:
+            rows_file.discard()
+            if not failed:
+                raise
+            return
+        manifest = self.plan.resume.manifest
+        if manifest is not None and self.scored_again:
+            fresh = self.plan.resume.fresh
+            manifest.inputs.update({k: fresh[k] for k in self.scored_again if k in fresh})
+            with self.section(), self._writing_rows():
+                manifest.write(rows_file.path)
+
+    def _orphans_after(self, key: str | None) -> None:
+        for record in self.plan.resume.orphans.get(key, []):
+            self.writer.copy(record)
+
+    def _copy_until(self, key: str | None) -> None:
+        """Rewriting: copy the kept rows of the inputs before ``key`` (None: all)."""
+        images, done = self.plan.images, self.plan.done
+        while self.cursor < len(images):
+            current = resume_key(images[self.cursor].display)
+            if current == key:
+                return
+            if current in done:
+                self.writer.copy(done[current])
+                self._orphans_after(current)
+            self.cursor += 1
+
+    def _write(self, row: Row) -> None:
+        if not self.rewriting:
+            self.writer.write(row)
+            return
+        key = resume_key(row.path)
+        self._copy_until(key)
+        self.writer.write(row)
+        self._orphans_after(key)
+        self.cursor += 1
+        if key in self.plan.resume.again:
+            self.scored_again.add(key)
 
     @contextmanager
     def _writing_rows(self) -> Iterator[None]:
@@ -225,6 +340,7 @@ class RowSink:
         except BrokenPipeError:
             raise
         except OSError as exc:
+            self.broken = True  # a row may be torn: a replacement must not be committed
             if self.opts.to_stdout:  # what is still buffered would fail again, at exit
                 discard_stdout()
             where = "stdout" if self.opts.to_stdout else self.opts.output
@@ -266,7 +382,7 @@ class RowSink:
             row.label = label_of(self.plan.rule, row.score)
             row.p_value = _p(self.plan.rule, row)
             with self.section(), self._writing_rows():
-                self.writer.write(row)
+                self._write(row)
                 self.pending.popleft()
                 self.tally.add(row.status, row.label)
             if self.on_row is not None:

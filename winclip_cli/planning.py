@@ -15,13 +15,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cache import ReferenceBank
 from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
 from .errors import BankFileError, PromptFileError, UsageError
-from .options import DEFAULT_K, LOCAL_DIR, ModelOptions, RunOptions
+from .manifest import (
+    Identity,
+    RunManifest,
+    digest_of,
+    file_identity,
+    read_manifest,
+    refuse_other_settings,
+    settling,
+    still_the_same,
+)
+from .options import DEFAULT_K, DEFAULT_SCALES, LOCAL_DIR, ModelOptions, RunOptions
 from .outputs import output_name
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .references import pick_references
@@ -57,6 +67,7 @@ class Plan:
     rule: DecisionRule | None  # the verdict of a row; None: no label column
     rows_file: RowsFile | None  # -o FILE, locked; None for stdout
     calibration: Calibration | None = None  # --calibration: its settings apply
+    resume: Resumed = field(default_factory=lambda: Resumed())
 
     def __enter__(self) -> Plan:
         return self
@@ -70,9 +81,32 @@ class Plan:
         self.close()
 
     def close(self) -> None:
-        """Release the -o file (removed again when this run created it and wrote nothing)."""
-        if self.rows_file is not None:
-            self.rows_file.release()
+        """Release the -o file (removed again, with its manifest, when this run created it
+        and wrote nothing)."""
+        if self.rows_file is not None and self.rows_file.release():
+            from .manifest import manifest_path
+
+            manifest_path(self.rows_file.path).unlink(missing_ok=True)
+
+    @property
+    def kept(self) -> dict[str, dict[str, str]]:
+        """Rows of the -o file that stay as they are (``done`` but not scored again)."""
+        return {k: r for k, r in self.done.items() if k not in self.resume.again}
+
+
+@dataclass
+class Resumed:
+    """What --resume found beyond the rows: the manifest to write, the rows to score
+    again (error rows, changed files), the files left for the next run."""
+
+    manifest: RunManifest | None = None  # written once the weights are known; None: no sidecar
+    recorded_weights: str | None = None  # the file's weights fingerprint, compared after loading
+    legacy: bool = False  # a rows file without a manifest (an older version): as before
+    again: dict[str, str] = field(default_factory=dict)  # key -> why ("error row", "changed")
+    fresh: dict[str, Identity] = field(default_factory=dict)  # their identity now (after commit)
+    pending: list[InputImage] = field(default_factory=list)  # modified within --settle
+    rewrite: bool = False  # rows replaced or out of order: write a new file, then rename
+    orphans: dict[str | None, list[dict[str, str]]] = field(default_factory=dict)
 
 
 def check_writable_file(path: Path) -> None:
@@ -172,6 +206,8 @@ def check_numbers(opts: RunOptions) -> None:
         raise UsageError("--k and --seed choose reference images: they need --ref")
     if opts.k is not None and opts.k < 1:
         raise UsageError("--k must be at least 1")
+    if not (math.isfinite(opts.settle) and opts.settle >= 0):
+        raise UsageError("--settle must be 0 (off) or more seconds")
     if opts.resume and opts.to_stdout:
         raise UsageError("--resume needs -o FILE (the file to continue)")
     if opts.to_stdout and sys.stdout is None:
@@ -320,15 +356,69 @@ def _check_not_clobbering(
         raise UsageError(f"--out {opts.out_dir}: an overlay would overwrite the input {clash}")
 
 
+def _bank_fingerprint(refs: References) -> str | None:
+    """The reference bank's identity: its tensors (a bank file) or its images' contents."""
+    if refs.bank is not None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        windows = refs.bank.windows
+        for tensor in (refs.bank.patch_tokens, *(windows[k] for k in sorted(windows))):
+            digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+    if refs.images:
+        return digest_of([file_identity(im.path)["sha256"] for im in refs.images])
+    return None
+
+
+def _model_name(model: str) -> str:
+    # `local-dir:x` and `local-dir:./x/` are one model.
+    if model.startswith(LOCAL_DIR):
+        return LOCAL_DIR + os.path.abspath(model[len(LOCAL_DIR) :])
+    return model
+
+
+def run_settings(
+    opts: RunOptions,
+    prompts: PromptSet,
+    refs: References,
+    cols: list[str],
+    cal: Calibration | None = None,
+) -> dict[str, Any]:
+    """What the rows depend on, by the option that sets it: compared on --resume.
+    A new option that changes rows is one more line here."""
+    normal, anomalous = prompts.prompts(opts.class_name)
+    return {
+        "command": "fewshot" if opts.require_ref else "segment" if opts.maps else "score",
+        "--model": _model_name(opts.model.model),
+        "--class": clean_class_name(opts.class_name),
+        "--prompts": digest_of([normal, anomalous]),
+        "--temperature": opts.model.temperature,
+        "scales": list(DEFAULT_SCALES),
+        "--k": len(refs.images) if refs.images else refs.bank.num_images if refs.bank else None,
+        "--ref": _bank_fingerprint(refs),
+        "--threshold": opts.threshold,
+        "--calibration": None if cal is None else digest_of([cal.scores.tolist(), cal.settings]),
+        "--false-alarm-rate": opts.false_alarm_rate,
+        "--maps": opts.maps_mode,
+        "--format": opts.fmt,
+        "columns": cols,
+    }
+
+
 def _read_resume(
-    opts: RunOptions, cols: list[str], rule: DecisionRule | None
-) -> dict[str, dict[str, str]]:
-    """Rows already in -o FILE (--resume), by absolute path; refuses a file whose labels
-    disagree with this run's decision rule (the file would contradict itself)."""
+    opts: RunOptions, cols: list[str], rule: DecisionRule | None, settings: dict[str, Any]
+) -> tuple[dict[str, dict[str, str]], RunManifest | None, bool]:
+    """Rows already in -o FILE (--resume), by absolute path, and the file's manifest;
+    refuses other settings than the file's (the file would contradict itself).
+    The bool: the file has rows but no manifest (an older version)."""
     assert opts.output is not None
     out = Path(opts.output)
     if not (opts.resume and out.is_file()):
-        return {}
+        return {}, None, False
+    recorded = read_manifest(out)
+    if recorded is not None:
+        refuse_other_settings(out, recorded.settings, settings)
     try:
         rows = read_finished_rows(out, opts.fmt, cols)
     except (ValueError, OSError) as exc:
@@ -349,7 +439,73 @@ def _read_resume(
                     "resume with the first run's --threshold, or --calibration and "
                     "--false-alarm-rate"
                 )
-    return {resume_key(row["path"]): row for row in rows}
+    done = {resume_key(row["path"]): row for row in rows}
+    return done, recorded, bool(rows) and recorded is None
+
+
+def _sort_out(
+    opts: RunOptions,
+    images: list[InputImage],
+    done: dict[str, dict[str, str]],
+    recorded: RunManifest | None,
+    resumed: Resumed,
+) -> list[InputImage]:
+    """Decide per input: keep its row, score it (again), or leave it for the next run;
+    fills ``resumed`` and the manifest's identities; returns what to score."""
+    manifest = resumed.manifest
+    known = recorded.inputs if recorded is not None else {}
+    todo: list[InputImage] = []
+    for image in images:
+        key = resume_key(image.display)
+        if opts.resume and settling(image.path, opts.settle):
+            resumed.pending.append(image)  # still being written, perhaps: next run
+            if manifest is not None and key in known:
+                manifest.inputs[key] = known[key]
+            continue
+        if key in done and not resumed.legacy:
+            same, now = still_the_same(known.get(key), image.path)
+            error = done[key].get("status") == "error" and opts.retry_errors
+            if same and not error:
+                if manifest is not None and now is not None:
+                    manifest.inputs[key] = now
+                continue
+            resumed.again[key] = "error row" if error and same else "changed"
+            if manifest is not None and key in known:  # until the new row is in place
+                manifest.inputs[key] = known[key]
+        elif key in done:
+            continue  # an older version's row: kept, as before manifests
+        todo.append(image)
+        try:
+            identity = file_identity(image.path)
+        except OSError:
+            continue  # unreadable: its error row is scored again next time anyway
+        if key in resumed.again:
+            resumed.fresh[key] = identity
+        elif manifest is not None:
+            manifest.inputs[key] = identity
+    return todo
+
+
+def _layout(
+    images: list[InputImage],
+    todo: list[InputImage],
+    done: dict[str, dict[str, str]],
+    resumed: Resumed,
+) -> None:
+    """Whether the file must be written anew (a row replaced, or a new input before a
+    kept row: one row per input, in input order), and where rows of no input go."""
+    position = {resume_key(im.display): i for i, im in enumerate(images)}
+    kept = [position[k] for k in done if k in position and k not in resumed.again]
+    first_new = min((position[resume_key(im.display)] for im in todo), default=len(images))
+    resumed.rewrite = bool(resumed.again) or (
+        not resumed.legacy and bool(kept) and first_new < max(kept)
+    )
+    previous: str | None = None
+    for key, row in done.items():  # rows of files no longer given: kept, where they were
+        if key in position:
+            previous = key
+        else:
+            resumed.orphans.setdefault(previous, []).append(row)
 
 
 def _p_text(value: object) -> str:
@@ -409,15 +565,21 @@ def plan(opts: RunOptions) -> Plan:
     check_writable_file(output)
     rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
     try:
-        done = _read_resume(opts, cols, rule)
+        settings = run_settings(opts, prompts, refs, cols, cal)
+        done, recorded, legacy = _read_resume(opts, cols, rule, settings)
         rows_file.follow()  # a repair may have replaced the file
         if done and not any(resume_key(im.display) in done for im in images):
             raise UsageError(
                 f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "
                 "of this run (other inputs, or relative paths from another folder?)"
             )
+        resumed = Resumed(legacy=legacy)
+        if rows_file.regular:
+            resumed.manifest = RunManifest(settings)
+            resumed.recorded_weights = recorded.weights if recorded is not None else None
+        todo = _sort_out(opts, images, done, recorded, resumed)
+        _layout(images, todo, done, resumed)
     except BaseException:
         rows_file.release()
         raise
-    todo = [im for im in images if resume_key(im.display) not in done]
-    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, cal)
+    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, cal, resumed)

@@ -58,6 +58,18 @@ class Reporter:
         self.console = Console(file=console_file, highlight=False, soft_wrap=True)
         self._progress: Any = None
         self._task: Any = None
+        self._log: _LogProgress | None = None
+
+    @property
+    def logging(self) -> bool:
+        """Stage and progress lines instead of a bar: stderr is a log, not a terminal."""
+        return not self.quiet and not self.console.is_terminal
+
+    def stage(self, message: str) -> None:
+        """One line per stage of a run (model, text, bank), for logs only: a terminal
+        shows the bar, and --quiet silences them."""
+        if self.logging:
+            self.info(message)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
@@ -79,6 +91,9 @@ class Reporter:
     def start(self, total: int, description: str, live: bool = True) -> None:
         """Show a progress bar with images/s and ETA (terminals only, never with --quiet;
         ``live=False``: none, e.g. when the rows themselves go to the terminal)."""
+        if self.logging:
+            self._log = _LogProgress(total, description)
+            return
         if self.quiet or not live or not self.console.is_terminal:
             return
         from rich.progress import (
@@ -102,6 +117,8 @@ class Reporter:
         self._task = self._progress.add_task(description, total=total, rate="")
 
     def advance(self, count: int, done: int, elapsed: float) -> None:
+        if self._log is not None and (line := self._log.line(done, elapsed)):
+            self.info(line)
         if self._progress is not None:
             rate = f"{done / elapsed:.2f} img/s" if elapsed > 0 else ""
             self._progress.update(self._task, advance=count, rate=rate)
@@ -120,6 +137,31 @@ class Reporter:
         return progress
 
     def stop(self) -> None:
+        self._log = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class _LogProgress:
+    """When a log gets a progress line: every LOG_EVERY_S seconds or tenth of the run."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, total: int, description: str) -> None:
+        self.total, self.description = total, description
+        self.last = time.monotonic()
+        self.next_tenth = 1
+
+    def line(self, done: int, elapsed: float) -> str | None:
+        now = time.monotonic()
+        tenth = done * 10 >= self.next_tenth * self.total
+        if not tenth and now - self.last < self.LOG_EVERY_S:
+            return None
+        self.last = now
+        while self.next_tenth * self.total <= done * 10:
+            self.next_tenth += 1
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = f"{(self.total - done) / rate:.0f} s" if rate > 0 else "?"
+        percent = 100 * done // max(1, self.total)
+        return f"{self.description}: {done}/{self.total} ({percent}%), {rate:.2f} img/s, ETA {eta}"

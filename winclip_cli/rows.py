@@ -196,6 +196,10 @@ class RowWriter:
     def write(self, row: Row) -> None:
         self._write(self.format.encode(self.record(row)))
 
+    def copy(self, record: dict[str, Any]) -> None:
+        """Write a row read back from a rows file of the same columns, as it was."""
+        self._write(self.format.encode({c: record[c] for c in self.cols}))
+
 
 def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, Any]]:
     """Rows already in an output file, for --resume; a torn last row is dropped and the
@@ -220,6 +224,12 @@ def _rewrite(path: Path, old: bytes, fmt: str, cols: list[str], rows: list[dict[
         os.truncate(path, len(data))
     else:  # rows written otherwise (another version): rewrite them whole
         atomic_write(path, lambda f: f.write(data))
+
+
+def _suppress_os_error() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)
 
 
 # ----- where rows go --------------------------------------------------------------------
@@ -251,6 +261,7 @@ class RowsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
+        self.new_fd: int | None = None  # the replacement being written (see replacement)
         try:
             special = not stat.S_ISREG(os.stat(path).st_mode)
         except FileNotFoundError:
@@ -265,6 +276,8 @@ class RowsFile:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
             self._lock()
             if self._still_the_file():
+                # A replacement left by a run that was killed: ours to drop (we hold the lock).
+                self.replacement_path.unlink(missing_ok=True)
                 return
             # Removed or replaced between open and lock (a run that failed before
             # writing removes the file it created): hold the file now at the path.
@@ -318,12 +331,52 @@ class RowsFile:
             self.fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
         )
 
-    def release(self) -> None:
-        """Unlock; a file this run created and never wrote to is removed again."""
+    @property
+    def replacement_path(self) -> Path:
+        """Where a new version of the file is written before it replaces the file."""
+        return self.path.with_name(f".{self.path.name}.winclip-new")
+
+    def replacement(self) -> IO[str]:
+        """A row stream on a new, empty file beside this one: the file at the path stays
+        whole until ``commit`` renames the new one over it (a crash loses nothing)."""
+        assert self.regular and self.new_fd is None
+        self.new_fd = os.open(
+            self.replacement_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _BINARY, 0o666
+        )
+        return open(
+            self.new_fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
+        )
+
+    def commit(self) -> None:
+        """Rename the replacement over the file, holding it locked before it is visible
+        (another run must never find it unlocked), with the old file's permissions."""
+        assert self.fd is not None and self.new_fd is not None
+        os.fsync(self.new_fd)
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(self.new_fd, stat.S_IMODE(os.fstat(self.fd).st_mode))
+        if fcntl is not None:
+            with _suppress_os_error():
+                fcntl.flock(self.new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(self.replacement_path, self.path)
+        os.close(self.fd)
+        self.fd, self.new_fd = self.new_fd, None
+        self.created = False  # it holds rows now
+
+    def discard(self) -> None:
+        """Drop an uncommitted replacement: the file stays as it was."""
+        if self.new_fd is not None:
+            os.close(self.new_fd)
+            self.new_fd = None
+            self.replacement_path.unlink(missing_ok=True)
+
+    def release(self) -> bool:
+        """Unlock; a file this run created and never wrote to is removed again (True)."""
+        self.discard()
         if self.fd is None:
-            return
+            return False
         empty = self.created and os.fstat(self.fd).st_size == 0
         os.close(self.fd)  # first: Windows can't remove an open file
         self.fd = None
         if empty:
             self.path.unlink(missing_ok=True)
+        return empty
