@@ -18,6 +18,8 @@ LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")
+ENGINES = ("local", "ray")
+DEFAULT_RAY_WORKERS = 2
 
 
 def default_workers() -> int:
@@ -37,6 +39,22 @@ class ModelOptions:
     prompts: str | Path | None = None  # a preset name (prompts.PRESETS) or a JSON file
     temperature: float | None = None
     cache_dir: Path | None = None
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide the Ray engine runs; None: not given (the defaults apply)."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else a local Ray for this run
+    workers: int | None = None  # actor pool size; None: DEFAULT_RAY_WORKERS
+    gpus_per_worker: float | None = None  # None: 0
+
+    @property
+    def given(self) -> list[str]:
+        """The options the user set, by name (refused with --engine local)."""
+        names = ("--ray-address", "--ray-workers", "--ray-gpus-per-worker")
+        values = (self.address, self.workers, self.gpus_per_worker)
+        return [n for n, v in zip(names, values, strict=True) if v is not None]
 
 
 @dataclass
@@ -60,6 +78,9 @@ class RunOptions:
     threshold: float | None = None
     fail_on_anomaly: bool = False
     resume: bool = False
+    shard: str | None = None  # "I/N": the I-th of N contiguous parts of the inputs
+    engine: str = "local"
+    ray: RayOptions = field(default_factory=RayOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
 
     @property

@@ -19,7 +19,7 @@ from typing import IO
 
 from .data import InputImage, open_image
 from .decision import ANOMALOUS, label_of
-from .engines import ImageResult
+from .engines import Engine, ImageResult
 from .engines.local import LocalEngine, Scorer
 from .errors import ExitCode, ImageReadError, Interrupted, OutputError, UsageError
 from .interrupts import CriticalSection, interruptible
@@ -80,19 +80,46 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         reporter.info(f"resuming: {len(p.done)} row(s) already written, {len(p.todo)} to go")
         if not p.todo and opts.save_bank is None:  # nothing left: don't pay for the model
             return tally.exit_code(opts.fail_on_anomaly)
+    if not p.images:  # an empty shard (more shards than inputs): a valid, empty output
+        reporter.warn(f"shard {opts.shard} is empty: there are fewer inputs than shards")
+        with interruptible() as section, RowSink(p, tally, section):
+            return tally.exit_code(opts.fail_on_anomaly)
     with interruptible() as section:
         try:
-            scorer = load_scorer(p, reporter, model)
-            workers = default_workers() if opts.workers is None else opts.workers
-            engine = LocalEngine(scorer, opts.batch_size, workers)
-            with RowSink(p, tally, section) as sink:
-                _score(p, engine.predict(p.todo), sink, reporter)
+            with engine_session(opts):  # before the model: an unreachable cluster fails fast
+                scorer = load_scorer(p, reporter, model)
+                engine = make_engine(p, scorer)
+                with RowSink(p, tally, section) as sink:
+                    _score(p, engine.predict(p.todo), sink, reporter)
         except Interrupted as stop:
             reporter.stop()
             done = tally.ok + tally.errors
             reporter.error(f"interrupted: {done} row(s) written are complete{opts.resume_hint}")
             return ExitCode(stop.code)
     return tally.exit_code(opts.fail_on_anomaly)
+
+
+@contextmanager
+def engine_session(opts: RunOptions) -> Iterator[None]:
+    """What the engine needs around the run: for Ray, the connection to the cluster."""
+    if opts.engine != "ray":
+        yield
+        return
+    from .engines.ray import ray_session
+
+    with ray_session(opts.ray.address):
+        yield
+
+
+def make_engine(p: Plan, scorer: Scorer) -> Engine:
+    """The engine of ``p.opts.engine`` (inside engine_session)."""
+    opts = p.opts
+    if opts.engine == "ray":
+        from .engines.ray import RayEngine
+
+        return RayEngine(p, scorer)
+    workers = default_workers() if opts.workers is None else opts.workers
+    return LocalEngine(scorer, opts.batch_size, workers)
 
 
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:

@@ -20,11 +20,12 @@ from .cache import ReferenceBank
 from .data import InputImage, find_images
 from .decision import DecisionRule, ThresholdRule
 from .errors import BankFileError, PromptFileError, UsageError
-from .options import DEFAULT_K, LOCAL_DIR, ModelOptions, RunOptions
+from .options import DEFAULT_K, ENGINES, LOCAL_DIR, ModelOptions, RunOptions
 from .outputs import output_name
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .references import pick_references
 from .rows import FORMATS, RowsFile, columns, read_finished_rows
+from .shards import parse_shard, shard_of
 
 
 @dataclass
@@ -164,6 +165,33 @@ def _check_numbers(opts: RunOptions) -> None:
         raise UsageError("--resume needs -o FILE (the file to continue)")
     if opts.to_stdout and sys.stdout is None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
+    _check_scale_out(opts)
+
+
+def _check_scale_out(opts: RunOptions) -> None:
+    """--shard and the engine options (Ray itself is looked for here: exit 2 if absent)."""
+    if opts.shard is not None:
+        try:
+            parse_shard(opts.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    if opts.engine not in ENGINES:
+        raise UsageError(f"--engine {opts.engine!r}: use {' or '.join(ENGINES)}")
+    ray = opts.ray
+    if opts.engine != "ray":
+        if ray.given:
+            raise UsageError(f"{ray.given[0]} needs --engine ray")
+        return
+    if ray.workers is not None and ray.workers < 1:
+        raise UsageError("--ray-workers must be at least 1")
+    gpus = ray.gpus_per_worker
+    if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
+        raise UsageError("--ray-gpus-per-worker must be 0 or more")
+    if ray.address is not None and not ray.address.strip():
+        raise UsageError("--ray-address is empty (an unset shell variable?)")
+    from .engines.ray import require_ray
+
+    require_ray()
 
 
 def _plan_references(opts: RunOptions) -> References:
@@ -331,6 +359,8 @@ def plan(opts: RunOptions) -> Plan:
     if opts.maps:
         _check_out_dir(opts.out_dir)
     images = _find_inputs(opts)
+    if opts.shard is not None:  # after the walk and sort: the same cut in every job
+        images = shard_of(images, *parse_shard(opts.shard))
     _check_not_clobbering(opts, images, refs.images)
     rule = None if opts.threshold is None else ThresholdRule(opts.threshold)
     cols = columns(opts.maps, opts.maps and opts.save_maps, labelled=rule is not None)
@@ -342,7 +372,7 @@ def plan(opts: RunOptions) -> Plan:
     try:
         done = _read_resume(opts, cols, rule)
         rows_file.follow()  # a repair may have replaced the file
-        if done and not any(resume_key(im.display) in done for im in images):
+        if done and images and not any(resume_key(im.display) in done for im in images):
             raise UsageError(
                 f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "
                 "of this run (other inputs, or relative paths from another folder?)"
