@@ -82,6 +82,8 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
             return tally.exit_code(opts.fail_on_anomaly)
     if not p.images:  # an empty shard (more shards than inputs): a valid, empty output
         reporter.warn(f"shard {opts.shard} is empty: there are fewer inputs than shards")
+        if p.rows_file is not None:  # a job array's collector expects every shard's file
+            p.rows_file.keep()
         with interruptible() as section, RowSink(p, tally, section):
             return tally.exit_code(opts.fail_on_anomaly)
     with interruptible() as section:

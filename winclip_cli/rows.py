@@ -300,6 +300,10 @@ class RowsFile:
             self.fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
         )
 
+    def keep(self) -> None:
+        """Keep the file even if nothing is written to it (an empty shard's JSON lines)."""
+        self.created = False
+
     def release(self) -> None:
         """Unlock; a file this run created and never wrote to is removed again."""
         if self.fd is None:

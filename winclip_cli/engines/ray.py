@@ -42,6 +42,8 @@ MAX_BLOCKS = 20_000  # records (batches) are grouped into at most this many bloc
 # cluster's, not this process's):
 KILL_HOOK = "WINCLIP_TEST_KILL_ACTOR_AT"  # "N:FILE": die on batch N unless FILE exists
 LOAD_FAIL_HOOK = "WINCLIP_TEST_ACTOR_LOAD_FAIL"  # set: the actors' model load fails
+DELAY_HOOK = "WINCLIP_TEST_BATCH_DELAY_S"  # seconds each batch takes longer (Ctrl-C tests)
+HOOKS = (KILL_HOOK, LOAD_FAIL_HOOK, DELAY_HOOK)
 
 
 def require_ray() -> None:
@@ -136,7 +138,7 @@ class RayEngine:
             "text": scorer.text.detach().float().cpu(),
             "bank": None if scorer.bank is None else bank_payload(scorer.bank),
             "maps": scorer.maps,
-            "hooks": {k: os.environ[k] for k in (KILL_HOOK, LOAD_FAIL_HOOK) if k in os.environ},
+            "hooks": {k: os.environ[k] for k in HOOKS if k in os.environ},
         }
 
     def predict(self, images: Sequence[InputImage]) -> Iterator[ImageResult]:
@@ -157,6 +159,7 @@ class RayEngine:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # blocks come back in input order
         ctx.enable_progress_bars = False  # the pipeline has its own progress line
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines are noise here
         items = ray.data.from_items(records, override_num_blocks=min(len(records), MAX_BLOCKS))
         ds = items.map_batches(
             Predictor,
@@ -166,9 +169,9 @@ class RayEngine:
             num_cpus=1,
             num_gpus=self.gpus,
             fn_constructor_kwargs={"setup": self.setup},
-            # A dead actor (killed, out of memory) is replaced and its batch retried.
-            max_restarts=-1,
-            max_task_retries=-1,
+            # No max_restarts / max_task_retries here: Ray Data's actor pools default to
+            # -1 for both (restart a dead actor, retry its batch), and passing them is
+            # deprecated in Ray 2.60. test_ray_engine kills an actor to hold Ray to it.
         )
         expected = 0
         stream = ds.iter_batches(batch_size=None, batch_format="numpy")

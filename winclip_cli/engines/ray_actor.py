@@ -7,6 +7,7 @@ nothing of Ray itself.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ class Predictor:
         return lambda size: LocalEngine(Scorer(wc, text, bank, self.maps), size, 0)
 
     def _maybe_die(self, batch: int) -> None:
+        if delay := self.hooks.get("WINCLIP_TEST_BATCH_DELAY_S"):
+            time.sleep(float(delay))
         hook = self.hooks.get("WINCLIP_TEST_KILL_ACTOR_AT")
         if hook is None:
             return
