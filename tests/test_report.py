@@ -17,6 +17,7 @@ import html5lib
 import pytest
 from PIL import Image
 
+from winclip_cli.errors import UsageError
 from winclip_cli.report import ReportSummary, build_report, read_rows, render_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -341,7 +342,7 @@ def test_empty_rows_file_says_no_rows(tmp_path):
 
 def test_report_never_replaces_its_rows_file(run_dir):
     before = (run_dir / "rows.csv").read_bytes()
-    with pytest.raises(ValueError, match="would replace its rows file"):
+    with pytest.raises(UsageError, match="would replace its rows file"):
         build_report([run_dir / "rows.csv"], run_dir / "rows.csv")
     assert (run_dir / "rows.csv").read_bytes() == before
 

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import WeightsUnavailableError
+from .errors import WeightsUnavailableError, exception_reason
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -171,9 +171,9 @@ def fetch_pretrained(
         try:
             return Path(hf_hub_download(repo_id, name, cache_dir=cache_dir))
         except Exception as exc:  # the hub raises many types; keep the last reason
-            errors.append(f"{name}: {exc}")
+            errors.append(f"{name}: {exception_reason(exc)}")
     raise WeightsUnavailableError(
-        f"could not download weights {model}/{pretrained} ({errors[-1].splitlines()[0]}); "
+        f"could not download weights {model}/{pretrained} ({errors[-1]}); "
         "pass a local checkpoint with --weights FILE"
     )
 
@@ -193,9 +193,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             except RuntimeError:  # legacy (non-zip) torch.save format cannot be mapped
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsUnavailableError(
-            f"cannot read weights file {path}: {reason[:200]} (is it an open_clip checkpoint?)"
+            f"cannot read weights file {path}: {exception_reason(exc, 200)} "
+            "(is it an open_clip checkpoint?)"
         ) from exc
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]

@@ -296,6 +296,14 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 rich_help_panel=OUTPUT_PANEL,
             ),
         ] = False,
+        report: Annotated[
+            Optional[Path],  # noqa: UP045
+            typer.Option(
+                help="Also write an HTML report of the run to FILE (when it ends).",
+                rich_help_panel=OUTPUT_PANEL,
+                parser=_path,
+            ),
+        ] = None,
         resume: Annotated[
             bool,
             typer.Option(
@@ -375,6 +383,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             threshold=threshold,
             fail_on_anomaly=fail_on_anomaly,
             resume=resume,
+            report=report,
+            command=mode,
             shard=shard,
             engine=engine,
             ray=RayOptions(ray_address, ray_workers, ray_gpus_per_worker),
@@ -477,6 +487,56 @@ def eval_command(
 
         table = None if quiet else reporter.stream
         return evaluate_command(options, table_stream=table, progress=progress)
+
+    _run(action, quiet, verbose)
+
+
+@app.command("report")
+def report_command(
+    rows: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Rows files (CSV or JSON lines; several shards in order).", parser=_path
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The HTML file to write.", parser=_path)
+    ] = Path("report.html"),
+    gallery: Annotated[
+        int, typer.Option(help="Thumbnails in the gallery: the highest scores, then errors.")
+    ] = 200,
+    title: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Title of the report (default: from the rows files' names)."),
+    ] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """One self-contained HTML file from rows files and the overlays they name.
+
+    Opens offline; thumbnails are embedded; works without JavaScript."""
+
+    def action(reporter: Any) -> int:
+        from .errors import UsageError
+        from .planning import check_writable_file
+        from .report import build_report
+
+        if gallery < 0:
+            raise UsageError("--gallery must be 0 or more")
+        missing = [str(p) for p in rows if not p.is_file()]
+        if missing:
+            raise UsageError(f"rows file not found: {missing[0]}")
+        check_writable_file(output)
+        try:
+            summary = build_report(
+                rows, output, gallery=gallery, title=title, progress=reporter.counter("thumbnails")
+            )
+        finally:
+            reporter.stop()
+        for note in summary.notes:
+            reporter.warn(note)
+        reporter.info(f"{summary.rows} row(s), {summary.cards} card(s): {output}")
+        return ExitCode.OK
 
     _run(action, quiet, verbose)
 

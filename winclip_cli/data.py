@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageReadError
+from .errors import ImageReadError, exception_reason
 from .imaging import to_rgb
 
 IMAGE_EXTENSIONS = frozenset(
@@ -130,10 +130,6 @@ def find_images(inputs: Sequence[Path], exclude: Iterable[Path | None] = ()) -> 
     ]
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:300]
-
-
 def open_image(path: Path) -> Image.Image:
     """The picture as a viewer shows it (first frame, EXIF orientation applied), in RGB.
 
@@ -174,11 +170,11 @@ def open_image(path: Path) -> Image.Image:
         empty = path.is_file() and path.stat().st_size == 0
         raise ImageReadError("empty file" if empty else "not an image (unknown format)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"image too large: {_one_line(str(exc))}") from exc
+        raise ImageReadError(f"image too large: {exception_reason(exc)}") from exc
     except OSError as exc:
-        raise ImageReadError(f"damaged image: {_one_line(str(exc) or type(exc).__name__)}") from exc
+        raise ImageReadError(f"damaged image: {exception_reason(exc)}") from exc
     except Exception as exc:  # decoders raise many types on hostile bytes
-        reason = _one_line(str(exc)) or type(exc).__name__
+        reason = exception_reason(exc)
         raise ImageReadError(f"cannot decode image: {reason}") from exc
 
 

@@ -9,6 +9,15 @@ from __future__ import annotations
 from enum import IntEnum
 
 
+def exception_reason(exc: BaseException, limit: int = 300) -> str:
+    """A library exception as one short line for a message or an `error` cell: its first
+    non-empty line, whitespace collapsed, at most ``limit`` characters; the type's name
+    when it says nothing."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    first = next((line for line in lines if line), "")
+    return first[:limit] or type(exc).__name__
+
+
 class ExitCode(IntEnum):
     """The process exit codes of DESIGN.md, and the signal-style ones."""
 

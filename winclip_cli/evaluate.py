@@ -366,17 +366,7 @@ def evaluate_command(
     from .model import WinClip
 
     prompts = check_eval_options(opts)  # before paying for the model
-    m = opts.model
-    wc = WinClip.load(
-        model=m.model,
-        pretrained=m.pretrained,
-        weights=m.weights,
-        device=m.device,
-        precision=m.precision,
-        cache_dir=m.cache_dir,
-        prompts=prompts,
-        temperature=m.temperature,
-    )
+    wc = WinClip.from_options(opts.model, prompts)
     run_evaluation(
         wc,
         opts.root,

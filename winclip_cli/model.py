@@ -18,7 +18,7 @@ from .cache import ReferenceBank, TextEmbeddingCache
 from .encoder import Features, WindowEncoder
 from .errors import BankMismatchError, WeightsUnavailableError
 from .imaging import Preprocessor
-from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_SCALES
+from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_SCALES, ModelOptions
 from .prompts import PromptSet, clean_class_name
 from .scoring import (
     association,
@@ -100,6 +100,20 @@ class WinClip:
         """
         backbone = load_backbone(model, pretrained, weights, device, precision)
         return cls(backbone, prompts, scales, temperature, cache_dir)
+
+    @classmethod
+    def from_options(cls, m: ModelOptions, prompts: PromptSet) -> WinClip:
+        """``load`` with a run's model options (the CLI's --model, --weights, ...)."""
+        return cls.load(
+            model=m.model,
+            pretrained=m.pretrained,
+            weights=m.weights,
+            device=m.device,
+            precision=m.precision,
+            cache_dir=m.cache_dir,
+            prompts=prompts,
+            temperature=m.temperature,
+        )
 
     # ----- inputs -------------------------------------------------------------------
 

@@ -78,6 +78,8 @@ class RunOptions:
     threshold: float | None = None
     fail_on_anomaly: bool = False
     resume: bool = False
+    report: Path | None = None  # --report FILE: the HTML report, written at the end
+    command: str = "score"  # which command this is, for reports and manifests
     shard: str | None = None  # "I/N": the I-th of N contiguous parts of the inputs
     engine: str = "local"
     ray: RayOptions = field(default_factory=RayOptions)

@@ -11,11 +11,11 @@ import errno
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from .data import InputImage, open_image
 from .decision import ANOMALOUS, label_of
@@ -29,6 +29,7 @@ from .outputs import write_image_outputs
 from .planning import Plan, plan
 from .progress import Reporter
 from .rows import Row, RowWriter, discard_stdout, stdout_rows
+from .run_report import RunReport
 
 # Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
 MAX_PENDING_IMAGES = 16
@@ -80,24 +81,33 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         reporter.info(f"resuming: {len(p.done)} row(s) already written, {len(p.todo)} to go")
         if not p.todo and opts.save_bank is None:  # nothing left: don't pay for the model
             return tally.exit_code(opts.fail_on_anomaly)
+    report = None if opts.report is None else RunReport(opts, opts.report, list(p.done.values()))
+    on_row = report.add if report is not None else None
     if not p.images:  # an empty shard (more shards than inputs): a valid, empty output
         reporter.warn(f"shard {opts.shard} is empty: there are fewer inputs than shards")
         if p.rows_file is not None:  # a job array's collector expects every shard's file
             p.rows_file.keep()
-        with interruptible() as section, RowSink(p, tally, section):
-            return tally.exit_code(opts.fail_on_anomaly)
+        with interruptible() as section, RowSink(p, tally, section, on_row):
+            pass
+        if report is not None:
+            report.write(reporter, incomplete=False)
+        return tally.exit_code(opts.fail_on_anomaly)
     with interruptible() as section:
         try:
             with engine_session(opts):  # before the model: an unreachable cluster fails fast
                 scorer = load_scorer(p, reporter, model)
                 engine = make_engine(p, scorer)
-                with RowSink(p, tally, section) as sink:
+                with RowSink(p, tally, section, on_row) as sink:
                     _score(p, engine.predict(p.todo), sink, reporter)
         except Interrupted as stop:
             reporter.stop()
             done = tally.ok + tally.errors
             reporter.error(f"interrupted: {done} row(s) written are complete{opts.resume_hint}")
+            if report is not None:  # of the finished rows; a second Ctrl-C skips it
+                report.write(reporter, incomplete=True)
             return ExitCode(stop.code)
+    if report is not None:
+        report.write(reporter, incomplete=False)
     return tally.exit_code(opts.fail_on_anomaly)
 
 
@@ -132,16 +142,7 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
     from .errors import BankMismatchError
 
     opts, m = p.opts, p.opts.model
-    wc = model or WinClip.load(
-        model=m.model,
-        pretrained=m.pretrained,
-        weights=m.weights,
-        device=m.device,
-        precision=m.precision,
-        cache_dir=m.cache_dir,
-        prompts=p.prompts,
-        temperature=m.temperature,
-    )
+    wc = model or WinClip.from_options(m, p.prompts)
     text = wc.text_embeddings(opts.class_name)
     refs, bank = p.references, None
     if refs.bank is not None:
@@ -192,8 +193,14 @@ class RowSink:
     Overlays are rendered by two threads while the model works on the next batch; at
     most MAX_PENDING_IMAGES rows wait for theirs, so memory stays flat."""
 
-    def __init__(self, p: Plan, tally: Tally, section: CriticalSection) -> None:
-        self.plan, self.tally, self.section = p, tally, section
+    def __init__(
+        self,
+        p: Plan,
+        tally: Tally,
+        section: CriticalSection,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.plan, self.tally, self.section, self.on_row = p, tally, section, on_row
         self.opts = p.opts
         appending = self.opts.resume and bool(p.done)
         with self._writing_rows():
@@ -256,6 +263,8 @@ class RowSink:
                 self.writer.write(row)
                 self.pending.popleft()
                 self.tally.add(row.status, row.label)
+            if self.on_row is not None:
+                self.on_row(self.writer.record(row))
 
     def _collect(self, row: Row, job: Future[tuple[str, str]]) -> None:
         try:

@@ -286,13 +286,20 @@ def _check_not_clobbering(
     """Nothing the run writes may be something it reads (an image, a reference, the bank,
     the weights, the prompt file, the model's folder) or another of its outputs."""
     output = None if opts.output is None or opts.to_stdout else Path(opts.output)
-    if output and opts.save_bank and os.path.abspath(output) == os.path.abspath(opts.save_bank):
-        raise UsageError("-o and --save-bank name the same file")
+    targets: list[tuple[str, Path | None]] = [
+        ("-o", output),
+        ("--save-bank", opts.save_bank),
+        ("--report", opts.report),
+    ]
+    named = [(option, os.path.abspath(t)) for option, t in targets if t is not None]
+    for i, (option, name) in enumerate(named):
+        if same := next((o for o, n in named[:i] if n == name), None):
+            raise UsageError(f"{same} and {option} name the same file")
     m = opts.model
     files = [x.path for x in (*images, *refs)]
     files += [p for p in (opts.ref, m.weights, prompt_file(m)) if p is not None]
     folders = [Path(m.model[len(LOCAL_DIR) :])] if m.model.startswith(LOCAL_DIR) else []
-    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
+    for option, target in targets:
         refuse_overwriting(option, target, files, folders)
     if not opts.maps:
         return
@@ -306,7 +313,7 @@ def _check_not_clobbering(
         for image in images
         for suffix in suffixes
     }
-    for option, target in (("-o", output), ("--save-bank", opts.save_bank)):
+    for option, target in targets:
         if target is not None and (image := written.get(os.path.abspath(target))):
             raise UsageError(f"{option} {target} is the name of {image.display}'s overlay or map")
     inputs = {os.path.abspath(path) for path in files}
@@ -356,6 +363,8 @@ def plan(opts: RunOptions) -> Plan:
         if refs.bank is not None:
             raise UsageError("--save-bank needs --ref to be a folder of images, not a bank")
         check_writable_file(opts.save_bank)
+    if opts.report is not None:
+        check_writable_file(opts.report)
     if opts.maps:
         _check_out_dir(opts.out_dir)
     images = _find_inputs(opts)

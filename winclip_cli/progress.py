@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import IO, Any, cast
 
 
-def _one_line(message: str) -> str:
-    """A warning or error is one line, even when it quotes a file name with a newline."""
+def _breaks_shown(message: str) -> str:
+    """A warning or error is one line, even when it quotes a file name with a newline:
+    the break is shown, not collapsed, so the name stays recognisable."""
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -60,12 +63,12 @@ class Reporter:
         if not self.quiet:
             from rich.markup import escape
 
-            self.console.print(f"[yellow]warning:[/] {escape(_one_line(message))}", markup=True)
+            self.console.print(f"[yellow]warning:[/] {escape(_breaks_shown(message))}", markup=True)
 
     def error(self, message: str) -> None:
         from rich.markup import escape
 
-        self.console.print(f"[red]error:[/] {escape(_one_line(message))}", markup=True)
+        self.console.print(f"[red]error:[/] {escape(_breaks_shown(message))}", markup=True)
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -102,6 +105,19 @@ class Reporter:
         if self._progress is not None:
             rate = f"{done / elapsed:.2f} img/s" if elapsed > 0 else ""
             self._progress.update(self._task, advance=count, rate=rate)
+
+    def counter(self, description: str) -> Callable[[int, int], None]:
+        """A ``progress(done, total)`` callback (as the report's thumbnails use): the bar
+        starts at ``done == 0``."""
+        started = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            if done == 0:
+                self.start(total, description)
+            else:
+                self.advance(1, done, time.perf_counter() - started)
+
+        return progress
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -35,6 +34,9 @@ from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .atomic import atomic_write
+from .errors import UsageError
 
 __all__ = ["ReportSummary", "build_report", "read_rows", "render_report"]
 
@@ -385,10 +387,10 @@ def _histogram(
     )
     for fraction in (0, 0.25, 0.5, 0.75, 1):
         x = left + fraction * plot_w
-        value = low + fraction * (high - low)
+        tick = low + fraction * (high - low)
         parts.append(
             f'<line class="axis" x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}"/>'
-            f'<text x="{x:.1f}" y="{axis_y + 16}" text-anchor="middle">{_short(value)}</text>'
+            f'<text x="{x:.1f}" y="{axis_y + 16}" text-anchor="middle">{_short(tick)}</text>'
         )
     peak_text = f"{peak:.0%}" if calibration else f"{int(peak)}"
     parts.append(
@@ -761,12 +763,12 @@ def _render(
             thumbs.get(main_file) if main_file is not None else None,
             kind,
         )
-        original = (
+        second = (
             (original_file, thumbs.get(original_file) if original_file is not None else None)
             if with_original
             else None
         )
-        cards.append(_card(rank, rows[index], index + 1, main, original, base, notes))
+        cards.append(_card(rank, rows[index], index + 1, main, second, base, notes))
 
     columns: list[str] = [c for c in PREFERRED if any(c in r for r in rows)]
     for row in rows:
@@ -909,28 +911,6 @@ def render_report(
     return text
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: never half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=".winclip-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samestat(os.stat(a), os.stat(b))
-    except OSError:
-        return False
-
-
 def build_report(
     rows_files: Sequence[Path],
     output: Path,
@@ -946,13 +926,13 @@ def build_report(
     elapsed: float | None = None,
 ) -> ReportSummary:
     """Read ``rows_files`` (in order) and write the report to ``output`` (replaced whole,
-    through a temporary file). Raises ValueError when ``output`` is one of the rows
+    through a temporary file). Raises UsageError when ``output`` is one of the rows
     files, OSError when it cannot be written; anything wrong in the rows is a note."""
     output = Path(output)
     rows_files = [Path(p) for p in rows_files]
     for path in rows_files:
-        if _same_file(path, output):
-            raise ValueError(f"the report {output} would replace its rows file {path}")
+        if output.exists() and path.exists() and os.path.samefile(path, output):
+            raise UsageError(f"the report {output} would replace its rows file {path}")
     rows, notes = read_rows(rows_files)
     search_dirs = list(dict.fromkeys(Path(os.path.abspath(p)).parent for p in rows_files))
     text, cards, notes = _render(
@@ -971,5 +951,5 @@ def build_report(
         elapsed=elapsed,
     )
     data = text.encode("utf-8", errors="replace")
-    _write_atomic(output, data)
+    atomic_write(output, lambda f: f.write(data))
     return ReportSummary(rows=len(rows), cards=cards, notes=notes, bytes=len(data))

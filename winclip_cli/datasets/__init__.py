@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..data import IMAGE_EXTENSIONS
-from ..errors import DatasetError
+from ..errors import DatasetError, exception_reason
 from . import mvtec, visa
 from .samples import CategoryData, TestSample
 
@@ -111,7 +111,7 @@ def _check_mask_fits(mask: Path, image: Path) -> None:
             with Image.open(path) as img:
                 sizes.append(img.size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise DatasetError(f"cannot read {what} {path}: {' '.join(str(err).split())}") from err
+            raise DatasetError(f"cannot read {what} {path}: {exception_reason(err)}") from err
     (mw, mh), (iw, ih) = sizes
     if abs(mw * ih - mh * iw) > 0.01 * iw * ih:  # aspect ratios differ by over 1 %
         raise DatasetError(
@@ -132,7 +132,7 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
             img.load()
             mask = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"cannot read mask {path}: {' '.join(str(err).split())}") from err
+        raise DatasetError(f"cannot read mask {path}: {exception_reason(err)}") from err
     if mask.mode not in ("1", "L", "I", "I;16", "F"):
         mask = mask.convert("L")
     resized = mask.resize((size[1], size[0]), Image.Resampling.NEAREST)

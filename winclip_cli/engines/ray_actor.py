@@ -45,17 +45,7 @@ class Predictor:
 
         if "WINCLIP_TEST_ACTOR_LOAD_FAIL" in self.hooks:
             raise RuntimeError("weights not found on this node (test hook)")
-        m = setup["model"]
-        wc = WinClip.load(
-            model=m.model,
-            pretrained=m.pretrained,
-            weights=m.weights,
-            device=m.device,
-            precision=m.precision,
-            cache_dir=m.cache_dir,
-            prompts=setup["prompts"],
-            temperature=m.temperature,
-        )
+        wc = WinClip.from_options(setup["model"], setup["prompts"])
         payload = setup["bank"]
         bank = None if payload is None else wc.check_bank(bank_from_payload(payload, "bank"))
         text = setup["text"].to(wc.device)

@@ -1,0 +1,89 @@
+"""`winclip report` and `--report FILE` on a run: the CLI side of the HTML report."""
+
+from __future__ import annotations
+
+import html
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.test_cli import run_runner
+from tests.test_interrupt_resume import (
+    command,
+    count_rows,
+    dataset,  # noqa: F401 - a fixture
+    env_for,
+    model_dir,  # noqa: F401 - a fixture
+)
+
+HOSTILE = "<img src=x onerror=alert(1)>.png"
+
+
+def images(folder: Path, count: int = 4) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+            folder / f"p{i}.png"
+        )
+    (folder / HOSTILE).write_bytes(b"not an image")
+    return folder
+
+
+def cards(text: str) -> int:
+    return text.count('class="card')
+
+
+def test_report_command_over_a_segment_run(tiny, cache_dir, tmp_path):
+    parts = images(tmp_path / "parts")
+    rows = tmp_path / "rows.csv"
+    args = ["segment", parts, "--model", tiny["local_dir"], "--workers", "0"]
+    assert run_runner([*args, "--out", tmp_path / "out", "-o", rows]).code == 3
+    report = tmp_path / "report.html"
+    outcome = run_runner(["report", rows, "-o", report])
+    assert outcome.code == 0, outcome.stderr
+    text = report.read_text()
+    assert HOSTILE not in text and html.escape(HOSTILE) in text
+    assert text.count("data:image/jpeg;base64,") >= 4  # every overlay embedded
+    assert "5 row(s)" in outcome.stderr
+    # Missing rows file: a usage error; the report may not replace its rows file.
+    assert run_runner(["report", tmp_path / "none.csv", "-o", report]).code == 2
+    assert run_runner(["report", rows, "-o", rows]).code == 2
+
+
+def test_report_option_on_a_run(tiny, cache_dir, tmp_path):
+    parts = images(tmp_path / "parts")
+    report = tmp_path / "run.html"
+    args = ["score", parts, "--model", tiny["local_dir"], "--workers", "0", "--report", report]
+    outcome = run_runner([*args, "--threshold", "0.5", "-o", tmp_path / "rows.csv"])
+    assert outcome.code == 3
+    text = report.read_text()
+    assert "INCOMPLETE" not in text
+    assert "score" in text and tiny["local_dir"] in html.unescape(text)
+    assert f"report written to {report}" in outcome.stderr
+    # -o and --report may not be the same file.
+    clash = run_runner([*args, "-o", report])
+    assert clash.code == 2 and "-o and --report name the same file" in clash.stderr
+
+
+def test_an_interrupted_run_still_writes_its_report(dataset, model_dir, tmp_path):  # noqa: F811
+    rows, report = tmp_path / "rows.csv", tmp_path / "r.html"
+    args = [*command(dataset, model_dir, tmp_path / "out", rows, "csv", slow=True)]
+    args += ["--report", str(report)]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, env=env_for(tmp_path / "cache"))
+    try:
+        while count_rows(rows, "csv") < 5:
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    text = report.read_text()
+    assert "INCOMPLETE" in text
+    written = count_rows(rows, "csv")
+    assert text.count("<tr") - 1 >= written  # every finished row is in the table
