@@ -30,6 +30,11 @@ SHARED = [
     "--prompts",
     "--temperature",
     "--quiet",
+    "--shard",
+    "--engine",
+    "--ray-address",
+    "--ray-workers",
+    "--ray-gpus-per-worker",
 ]
 IMAGE_OPTIONS = ["--out", "--save-maps"]
 

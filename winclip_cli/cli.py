@@ -25,10 +25,12 @@ from .options import (
     DEFAULT_MODEL,
     DEFAULT_OUT_DIR,
     DEFAULT_PRETRAINED,
+    DEFAULT_RAY_WORKERS,
     DEFAULT_SETTLE,
     LOCAL_DIR,
     CalibrateOptions,
     ModelOptions,
+    RayOptions,
     RunOptions,
 )
 from .prompts import PRESETS
@@ -52,6 +54,7 @@ MODEL_PANEL = "Model"
 OUTPUT_PANEL = "Output"
 DECISION_PANEL = "Decision"
 REF_PANEL = "Few-shot references"
+SCALE_PANEL = "Past one machine"
 
 
 def _version(value: bool) -> None:
@@ -385,6 +388,44 @@ def _scoring_command(mode: str) -> Callable[..., None]:
                 metavar="SECONDS",
             ),
         ] = DEFAULT_SETTLE,
+        shard: Annotated[
+            Optional[str],  # noqa: UP045
+            typer.Option(
+                help="Score only part I of N of the sorted inputs (job arrays), e.g. 2/8.",
+                rich_help_panel=SCALE_PANEL,
+                show_default=False,
+            ),
+        ] = None,
+        engine: Annotated[
+            str,
+            typer.Option(
+                help="local (this process) or ray (a Ray cluster).", rich_help_panel=SCALE_PANEL
+            ),
+        ] = "local",
+        ray_address: Annotated[
+            Optional[str],  # noqa: UP045
+            typer.Option(
+                help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).",
+                rich_help_panel=SCALE_PANEL,
+                show_default=False,
+            ),
+        ] = None,
+        ray_workers: Annotated[
+            Optional[int],  # noqa: UP045
+            typer.Option(
+                help=f"Ray actors, one model each (default: {DEFAULT_RAY_WORKERS}).",
+                rich_help_panel=SCALE_PANEL,
+                show_default=False,
+            ),
+        ] = None,
+        ray_gpus_per_worker: Annotated[
+            Optional[float],  # noqa: UP045
+            typer.Option(
+                help="GPUs per Ray actor (default: 0).",
+                rich_help_panel=SCALE_PANEL,
+                show_default=False,
+            ),
+        ] = None,
         model: ModelOpt = DEFAULT_MODEL,
         pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
         weights: WeightsOpt = None,
@@ -426,6 +467,9 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             maps_mode=maps_mode,
             retry_errors=retry_errors,
             settle=settle,
+            shard=shard,
+            engine=engine,
+            ray=RayOptions(ray_address, ray_workers, ray_gpus_per_worker),
             model=ModelOptions(
                 model, pretrained, weights, device, precision, prompts, temperature, cache_dir
             ),

@@ -80,6 +80,12 @@ class WeightsUnavailableError(WinclipError, RuntimeError):
     exit_code = ExitCode.MODEL
 
 
+class ClusterError(WinclipError, RuntimeError):
+    """The Ray cluster can't be reached, or its workers can't load the model (exit 4)."""
+
+    exit_code = ExitCode.MODEL
+
+
 class ImageReadError(Exception):
     """An input that can't be decoded: an error row (one-line message), not a stop."""
 

@@ -21,6 +21,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_FALSE_ALARM_RATE = 0.01  # --false-alarm-rate with --calibration
 MAP_MODES = ("all", "anomalous")  # --maps: every image, or only those decided anomalous
+ENGINES = ("local", "ray")
+DEFAULT_RAY_WORKERS = 2
 
 
 def default_workers() -> int:
@@ -40,6 +42,22 @@ class ModelOptions:
     prompts: str | Path | None = None  # a preset name (prompts.PRESETS) or a JSON file
     temperature: float | None = None
     cache_dir: Path | None = None
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide the Ray engine runs; None: not given (the defaults apply)."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else a local Ray for this run
+    workers: int | None = None  # actor pool size; None: DEFAULT_RAY_WORKERS
+    gpus_per_worker: float | None = None  # None: 0
+
+    @property
+    def given(self) -> list[str]:
+        """The options the user set, by name (refused with --engine local)."""
+        names = ("--ray-address", "--ray-workers", "--ray-gpus-per-worker")
+        values = (self.address, self.workers, self.gpus_per_worker)
+        return [n for n, v in zip(names, values, strict=True) if v is not None]
 
 
 @dataclass
@@ -71,6 +89,9 @@ class RunOptions:
     maps_mode: str = "all"  # MAP_MODES
     retry_errors: bool = True  # --resume scores error rows again
     settle: float = DEFAULT_SETTLE  # --resume leaves files modified this recently
+    shard: str | None = None  # "I/N": the I-th of N contiguous parts of the inputs
+    engine: str = "local"
+    ray: RayOptions = field(default_factory=RayOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
     # Options the user typed (CLI parameter names), so a calibration's settings can fill
     # the others and refuse only real contradictions.

@@ -83,6 +83,17 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
     for row in p.kept.values():
         tally.add(row.get("status", ""), row.get("label", ""))
     _tell_resume(p, reporter)
+    report = None if opts.report is None else RunReport(p, opts.report)
+    on_row = report.add if report is not None else None
+    if not p.images:  # an empty shard (more shards than inputs): a valid, empty output
+        reporter.warn(f"shard {opts.shard} is empty: there are fewer inputs than shards")
+        if p.rows_file is not None:  # a job array's collector expects every shard's file
+            p.rows_file.keep()
+        with interruptible() as section, RowSink(p, tally, section, on_row):
+            pass
+        if report is not None:
+            report.write(reporter, incomplete=False)
+        return tally.exit_code(opts.fail_on_anomaly)
     if p.done and not p.todo and opts.save_bank is None:  # nothing left: no model needed
         if resumed.manifest is not None and resumed.recorded_weights is not None:
             resumed.manifest.weights = resumed.recorded_weights  # new identities, same run
@@ -90,27 +101,22 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         return tally.exit_code(opts.fail_on_anomaly)
     if not p.todo and not p.done and opts.save_bank is None:  # every input still settling
         return tally.exit_code(opts.fail_on_anomaly)
-    report = None if opts.report is None else RunReport(p, opts.report)
     with interruptible() as section:
         try:
-            scorer = load_scorer(p, reporter, model)
-            if resumed.manifest is not None and p.rows_file is not None:
-                from .manifest import refuse_other_weights
+            with engine_session(opts):  # before the model: an unreachable cluster fails fast
+                scorer = load_scorer(p, reporter, model)
+                if resumed.manifest is not None and p.rows_file is not None:
+                    from .manifest import refuse_other_weights
 
-                weights = scorer.model.backbone.weights_id
-                refuse_other_weights(p.rows_file.path, resumed.recorded_weights, weights)
-                resumed.manifest.weights = weights
-                with section():
-                    resumed.manifest.write(p.rows_file.path)
-            workers = default_workers() if opts.workers is None else opts.workers
-            engine: Engine = LocalEngine(scorer, opts.batch_size, workers)
-            if opts.maps_mode == "anomalous":
-                assert p.rule is not None  # planning refuses --maps anomalous without one
-                engine = AnomalousMapsEngine(scorer, opts.batch_size, workers, p.rule)
-            _say_threshold(p, reporter)
-            on_row = report.add if report is not None else None
-            with RowSink(p, tally, section, on_row) as sink:
-                _score(p, engine.predict(p.todo), sink, reporter)
+                    weights = scorer.model.backbone.weights_id
+                    refuse_other_weights(p.rows_file.path, resumed.recorded_weights, weights)
+                    resumed.manifest.weights = weights
+                    with section():
+                        resumed.manifest.write(p.rows_file.path)
+                engine = make_engine(p, scorer)
+                _say_threshold(p, reporter)
+                with RowSink(p, tally, section, on_row) as sink:
+                    _score(p, engine.predict(p.todo), sink, reporter)
         except Interrupted as stop:
             reporter.stop()
             done = tally.ok + tally.errors
@@ -159,6 +165,32 @@ def _tell_resume(p: Plan, reporter: Reporter) -> None:
             f"{len(resumed.pending)} file(s) modified within the last {p.opts.settle:g} s "
             f"left for the next run (still being written?): {names}{more}"
         )
+
+
+@contextmanager
+def engine_session(opts: RunOptions) -> Iterator[None]:
+    """What the engine needs around the run: for Ray, the connection to the cluster."""
+    if opts.engine != "ray":
+        yield
+        return
+    from .engines.ray import ray_session
+
+    with ray_session(opts.ray.address):
+        yield
+
+
+def make_engine(p: Plan, scorer: Scorer) -> Engine:
+    """The engine of ``p.opts.engine`` (inside engine_session)."""
+    opts = p.opts
+    if opts.engine == "ray":
+        from .engines.ray import RayEngine
+
+        return RayEngine(p, scorer)
+    workers = default_workers() if opts.workers is None else opts.workers
+    if opts.maps_mode == "anomalous":
+        assert p.rule is not None  # planning refuses --maps anomalous without one
+        return AnomalousMapsEngine(scorer, opts.batch_size, workers, p.rule)
+    return LocalEngine(scorer, opts.batch_size, workers)
 
 
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:

@@ -31,11 +31,12 @@ from .manifest import (
     settling,
     still_the_same,
 )
-from .options import DEFAULT_K, DEFAULT_SCALES, LOCAL_DIR, ModelOptions, RunOptions
+from .options import DEFAULT_K, DEFAULT_SCALES, ENGINES, LOCAL_DIR, ModelOptions, RunOptions
 from .outputs import output_name
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .references import pick_references
 from .rows import FORMATS, SCORE_DECIMALS, RowsFile, columns, read_finished_rows
+from .shards import parse_shard, shard_of
 
 if TYPE_CHECKING:
     from .calibration import Calibration
@@ -212,6 +213,35 @@ def check_numbers(opts: RunOptions) -> None:
         raise UsageError("--resume needs -o FILE (the file to continue)")
     if opts.to_stdout and sys.stdout is None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
+    _check_scale_out(opts)
+
+
+def _check_scale_out(opts: RunOptions) -> None:
+    """--shard and the engine options (Ray itself is looked for here: exit 2 if absent)."""
+    if opts.shard is not None:
+        try:
+            parse_shard(opts.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    if opts.engine not in ENGINES:
+        raise UsageError(f"--engine {opts.engine!r}: use {' or '.join(ENGINES)}")
+    if opts.engine == "ray" and opts.maps_mode == "anomalous":
+        raise UsageError("--maps anomalous runs two local passes: not with --engine ray")
+    ray = opts.ray
+    if opts.engine != "ray":
+        if ray.given:
+            raise UsageError(f"{ray.given[0]} needs --engine ray")
+        return
+    if ray.workers is not None and ray.workers < 1:
+        raise UsageError("--ray-workers must be at least 1")
+    gpus = ray.gpus_per_worker
+    if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
+        raise UsageError("--ray-gpus-per-worker must be 0 or more")
+    if ray.address is not None and not ray.address.strip():
+        raise UsageError("--ray-address is empty (an unset shell variable?)")
+    from .engines.ray import require_ray
+
+    require_ray()
 
 
 def _check_maps_mode(opts: RunOptions) -> None:
@@ -401,6 +431,7 @@ def run_settings(
         "--calibration": None if cal is None else digest_of([cal.scores.tolist(), cal.settings]),
         "--false-alarm-rate": opts.false_alarm_rate,
         "--maps": opts.maps_mode,
+        "--shard": opts.shard,
         "--format": opts.fmt,
         "columns": cols,
     }
@@ -545,6 +576,8 @@ def plan(opts: RunOptions) -> Plan:
     if opts.maps:
         _check_out_dir(opts.out_dir)
     images = _find_inputs(opts)
+    if opts.shard is not None:  # after the walk and sort: the same cut in every job
+        images = shard_of(images, *parse_shard(opts.shard))
     _check_not_clobbering(opts, images, refs.images)
     rule: DecisionRule | None = None
     if cal is not None:
@@ -568,7 +601,7 @@ def plan(opts: RunOptions) -> Plan:
         settings = run_settings(opts, prompts, refs, cols, cal)
         done, recorded, legacy = _read_resume(opts, cols, rule, settings)
         rows_file.follow()  # a repair may have replaced the file
-        if done and not any(resume_key(im.display) in done for im in images):
+        if done and images and not any(resume_key(im.display) in done for im in images):
             raise UsageError(
                 f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "
                 "of this run (other inputs, or relative paths from another folder?)"

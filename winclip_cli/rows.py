@@ -331,6 +331,10 @@ class RowsFile:
             self.fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
         )
 
+    def keep(self) -> None:
+        """Keep the file even if nothing is written to it (an empty shard's JSON lines)."""
+        self.created = False
+
     @property
     def replacement_path(self) -> Path:
         """Where a new version of the file is written before it replaces the file."""

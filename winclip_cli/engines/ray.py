@@ -1,0 +1,202 @@
+"""The Ray engine: a pool of Ray actors (Ray Data), one model each, scores the inputs.
+
+Why this shape:
+
+- One dataset record is one model batch (``batch_size`` consecutive inputs, the same
+  groups as the local engine), so the numbers are the local engine's and a killed
+  actor's batch is retried whole.
+- The driver loads the model too (``pipeline.load_scorer``): it computes the text
+  embeddings and builds (or checks, or saves) the bank exactly as a local run does, and
+  hands both to the actors as CPU tensors. The actors decode the images themselves; the
+  driver only sees paths going out and scores and grid maps coming back.
+- Results come back in input order (``preserve_order``) and are yielded at once, so the
+  pipeline writes each row as it arrives: Ctrl-C leaves a valid file for --resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ClusterError, MissingDependencyError
+from ..options import DEFAULT_RAY_WORKERS, LOCAL_DIR, ModelOptions
+from . import ImageResult
+
+if TYPE_CHECKING:
+    from ..data import InputImage
+    from ..planning import Plan
+    from .local import Scorer
+
+RAY_MISSING = "--engine ray needs Ray: pip install 'winclip[ray]'"
+CONNECT_TIMEOUT_S = 5.0  # an unreachable cluster is an answer within seconds, not a hang
+MAX_BLOCKS = 20_000  # records (batches) are grouped into at most this many blocks
+# Test hooks, read by the driver and handed to the actors (whose environment is the
+# cluster's, not this process's):
+KILL_HOOK = "WINCLIP_TEST_KILL_ACTOR_AT"  # "N:FILE": die on batch N unless FILE exists
+LOAD_FAIL_HOOK = "WINCLIP_TEST_ACTOR_LOAD_FAIL"  # set: the actors' model load fails
+DELAY_HOOK = "WINCLIP_TEST_BATCH_DELAY_S"  # seconds each batch takes longer (Ctrl-C tests)
+HOOKS = (KILL_HOOK, LOAD_FAIL_HOOK, DELAY_HOOK)
+
+
+def require_ray() -> None:
+    """MissingDependencyError (exit 2) naming the extra, unless Ray Data imports."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(RAY_MISSING) from exc
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a "host:port" or "ray://host:port" address; None for "auto" etc."""
+    bare = address.split("://", 1)[-1]
+    host, sep, port = bare.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_reachable(address: str) -> None:
+    """ClusterError unless something listens at the address (ray.init alone can take
+    a minute to give up on a dead one)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
+            "(is `ray start --head` running there, and the port open?)"
+        ) from exc
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connected to Ray for the run: an existing connection (tests, a notebook) is used
+    and left open; else ``address`` or $RAY_ADDRESS, else a local Ray stopped at the end."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address)
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ...
+        where = address or "a local Ray"
+        raise ClusterError(f"cannot start or reach {where}: {exc}") from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def portable_model(model: ModelOptions) -> ModelOptions:
+    """The model options with absolute paths: actors do not run in this folder."""
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else Path(os.path.abspath(path))
+
+    name = model.model
+    if name.startswith(LOCAL_DIR):
+        name = LOCAL_DIR + os.path.abspath(name[len(LOCAL_DIR) :])
+    return replace(
+        model,
+        model=name,
+        weights=absolute(model.weights),
+        cache_dir=absolute(model.cache_dir),
+        prompts=None,  # the resolved PromptSet goes to the actors instead
+    )
+
+
+class RayEngine:
+    """Results from a Ray actor pool of ``workers`` actors, in input order."""
+
+    def __init__(self, p: Plan, scorer: Scorer) -> None:
+        from ..cache import bank_payload
+
+        opts = p.opts
+        self.batch_size = opts.batch_size
+        self.workers = opts.ray.workers or DEFAULT_RAY_WORKERS
+        self.gpus = opts.ray.gpus_per_worker or 0.0
+        self.setup: dict[str, Any] = {
+            "model": portable_model(opts.model),
+            "prompts": p.prompts,
+            "text": scorer.text.detach().float().cpu(),
+            "bank": None if scorer.bank is None else bank_payload(scorer.bank),
+            "maps": scorer.maps,
+            "hooks": {k: os.environ[k] for k in HOOKS if k in os.environ},
+        }
+
+    def predict(self, images: Sequence[InputImage]) -> Iterator[ImageResult]:
+        """One result per image, in input order, as Ray delivers them."""
+        import ray.data
+        import torch
+
+        from .ray_actor import Predictor
+
+        if not images:
+            return
+        size = self.batch_size
+        paths = [os.path.abspath(im.path) for im in images]  # actors run in another folder
+        records = [
+            {"batch": b, "start": s, "paths": paths[s : s + size]}
+            for b, s in enumerate(range(0, len(images), size))
+        ]
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # blocks come back in input order
+        ctx.enable_progress_bars = False  # the pipeline has its own progress line
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines are noise here
+        items = ray.data.from_items(records, override_num_blocks=min(len(records), MAX_BLOCKS))
+        ds = items.map_batches(
+            Predictor,
+            batch_size=1,  # one record: one model batch
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.workers),
+            num_cpus=1,
+            num_gpus=self.gpus,
+            fn_constructor_kwargs={"setup": self.setup},
+            # No max_restarts / max_task_retries here: Ray Data's actor pools default to
+            # -1 for both (restart a dead actor, retry its batch), and passing them is
+            # deprecated in Ray 2.60. test_ray_engine kills an actor to hold Ray to it.
+        )
+        expected = 0
+        stream = ds.iter_batches(batch_size=None, batch_format="numpy")
+        try:
+            for block in stream:
+                fatal = [str(f) for f in block["fatal"] if str(f)]
+                if fatal:
+                    raise ClusterError(f"a Ray worker cannot load the model: {fatal[0]}")
+                for j, index in enumerate(block["index"].tolist()):
+                    if index < expected:  # delivered twice (a retry): the first one stands
+                        continue
+                    if index != expected:
+                        raise ClusterError(f"Ray lost input {expected} ({images[expected].path})")
+                    error = str(block["error"][j])
+                    if error:
+                        yield ImageResult(None, None, error)
+                    else:
+                        grid = None
+                        if "grid" in block:
+                            grid = torch.from_numpy(np.array(block["grid"][j]))
+                        yield ImageResult(float(block["score"][j]), grid)
+                    expected += 1
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if expected != len(images):
+            raise ClusterError(f"Ray returned {expected} of {len(images)} results")
