@@ -171,3 +171,15 @@ def test_ctrl_c_of_the_driver_then_resume_completes(ray_address, tmp_path, model
     whole = tmp_path / "whole.csv"
     assert run_runner(["score", root, *model, "--batch-size", "1", "-o", whole]).code == 0
     assert rows.read_text() == whole.read_text()
+
+
+def test_a_calibrated_segment_matches_local(ray_address, inputs, model, tmp_path):
+    """Calibrate once, then segment with it on both engines: the same rows (p_value,
+    label, anomalous_pixels), overlays with regions and masks."""
+    cal = tmp_path / "good.cal"
+    made = run_runner(["calibrate", GOOD, *model, "-o", cal])
+    assert made.code == 0, made.stderr
+    args = ["segment", inputs, *model, "--calibration", cal, "--false-alarm-rate", "0.25"]
+    local, remote = both([*args, "--save-masks"], tmp_path)
+    assert local == remote
+    assert "p_value" in remote.splitlines()[0] and "anomalous_pixels" in remote.splitlines()[0]
