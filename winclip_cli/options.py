@@ -18,6 +18,10 @@ LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_TILES = "1x1"  # ROWSxCOLUMNS; 1x1 is the untiled run
+DEFAULT_TILE_OVERLAP = 0.25
+OVERLAY_FORMATS = ("png", "jpg")
+MAP_DTYPES = ("float32", "float16")
 
 
 def default_workers() -> int:
@@ -53,8 +57,13 @@ class RunOptions:
     save_bank: Path | None = None
     out_dir: Path = DEFAULT_OUT_DIR
     save_maps: bool = False
-    batch_size: int = DEFAULT_BATCH_SIZE
+    map_dtype: str = "float32"  # of the --save-maps .npy files (MAP_DTYPES)
+    overlay_format: str = "png"  # OVERLAY_FORMATS
+    overlay_max_side: int | None = None  # downscale overlays to this longer side
+    batch_size: int = DEFAULT_BATCH_SIZE  # images per pass; tiles per pass when tiling
     workers: int | None = None  # None: default_workers()
+    tiles: str = DEFAULT_TILES  # "RxC" (tiling.TileGrid.parse)
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
     output: str | None = None
     fmt: str = DEFAULT_FORMAT
     threshold: float | None = None
@@ -88,4 +97,6 @@ class EvalOptions:
     compare: str | None = None  # 'paper'
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
+    tiles: str = DEFAULT_TILES
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
     model: ModelOptions = field(default_factory=ModelOptions)

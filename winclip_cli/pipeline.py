@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from .data import InputImage, open_image
 from .decision import ANOMALOUS, label_of
@@ -25,10 +26,14 @@ from .errors import ExitCode, ImageReadError, Interrupted, OutputError, UsageErr
 from .interrupts import CriticalSection, interruptible
 from .model import WinClip
 from .options import RunOptions, default_workers
-from .outputs import write_image_outputs
-from .planning import Plan, plan
+from .outputs import OverlayStyle, write_image_outputs
+from .planning import Plan, plan, tile_grid
 from .progress import Reporter
 from .rows import Row, RowWriter, discard_stdout, stdout_rows
+from .tiling import TileGrid, TileGridError, grid_meta
+
+if TYPE_CHECKING:
+    import torch
 
 # Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
 MAX_PENDING_IMAGES = 16
@@ -84,7 +89,8 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         try:
             scorer = load_scorer(p, reporter, model)
             workers = default_workers() if opts.workers is None else opts.workers
-            engine = LocalEngine(scorer, opts.batch_size, workers)
+            grid = tile_grid(opts.tiles, opts.tile_overlap)
+            engine = LocalEngine(scorer, opts.batch_size, workers, grid, reporter.warn)
             with RowSink(p, tally, section) as sink:
                 _score(p, engine.predict(p.todo), sink, reporter)
         except Interrupted as stop:
@@ -97,7 +103,6 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
 
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:
     """The model (loaded unless given), the class's text embeddings and the bank."""
-    import torch
 
     from .cache import save_bank
     from .errors import BankMismatchError
@@ -123,15 +128,39 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
     elif refs.images:
         for message in refs.skipped:
             reporter.warn(message)
+        grid = tile_grid(opts.tiles, opts.tile_overlap)
         try:
-            tensors = [wc.preprocess(open_image(image.path)) for image in refs.images]
+            pixels = reference_pixels(wc, [image.path for image in refs.images], grid)
         except ImageReadError as exc:  # readable a moment ago: changed under our feet
             raise UsageError(f"--ref {refs.source}: a reference became unreadable: {exc}") from exc
-        bank = wc.reference_bank(torch.stack(tensors), batch_size=opts.batch_size)
+        except TileGridError as exc:
+            raise UsageError(f"--ref {refs.source}: a reference cannot be tiled: {exc}") from exc
+        bank = wc.reference_bank(pixels, batch_size=opts.batch_size)
+        if not grid.is_single:
+            bank.meta.update(grid_meta(grid), references=len(refs.images))
         if refs.save_to is not None:
             save_bank(bank, refs.save_to)
             reporter.info(f"reference bank saved to {refs.save_to}")
     return Scorer(wc, text, bank, maps=opts.maps)
+
+
+def reference_pixels(wc: WinClip, paths: list[Path], grid: TileGrid) -> torch.Tensor:
+    """The model inputs of the reference images: one per image untiled; tiled, every tile
+    of each reference (tiled on its own size), K*R*C in all. Raises ImageReadError or
+    TileGridError (a reference the grid does not fit, naming it)."""
+    import torch
+
+    from .data import decode_tiles
+
+    if grid.is_single:
+        return torch.stack([wc.preprocess(open_image(path)) for path in paths])
+    parts = []
+    for path in paths:
+        try:
+            parts.append(decode_tiles(path, grid, wc.preprocessor)[0])
+        except TileGridError as exc:
+            raise TileGridError(f"{path}: {exc}") from exc
+    return torch.cat(parts)
 
 
 def _score(p: Plan, results: Iterator[ImageResult], sink: RowSink, reporter: Reporter) -> None:
@@ -173,8 +202,10 @@ class RowSink:
             self.writer = RowWriter(stream, self.opts.fmt, p.cols, header=not appending)
         self.pending: deque[tuple[Row, Future[tuple[str, str]] | None]] = deque()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
-        if self.opts.maps:
-            self.opts.out_dir.mkdir(parents=True, exist_ok=True)
+        opts = self.opts
+        self.style = OverlayStyle(opts.overlay_format, opts.overlay_max_side, opts.map_dtype)
+        if opts.maps:
+            opts.out_dir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> RowSink:
         return self
@@ -206,10 +237,16 @@ class RowSink:
         else:
             row = Row(image.display, score=result.score, map_max=result.map_max)
             job = None
-            if result.grid_map is not None:
+            if result.has_map:
                 opts = self.opts
                 job = self.pool.submit(
-                    write_image_outputs, image, result.grid_map, opts.out_dir, opts.save_maps
+                    write_image_outputs,
+                    image,
+                    result.grid_map,
+                    opts.out_dir,
+                    opts.save_maps,
+                    result.tiles,
+                    self.style,
                 )
             self.pending.append((row, job))
         self.flush(block=len(self.pending) > MAX_PENDING_IMAGES)
