@@ -260,3 +260,31 @@ def test_eval_with_tiles_compares_at_the_tiles_resolution(tmp_path, tiny, cache_
     figures = json.loads(out.read_text())
     assert 0.0 <= figures["mean"]["1"]["mean"]["pixel_pro"] <= 1.0
     assert run_runner([*args, "--tiles", "2x0"]).code == 2
+
+
+def test_overlay_writer_holds_one_full_size_float_map(tmp_path):
+    """Stitching a 3x3 image touches only each tile's box: numpy's peak in the writer is
+    the stitcher's float32 sum and uint8 count plus the uint8 colours (8 bytes a pixel),
+    not a full-size float map per tile (9 x 4 bytes)."""
+    import tracemalloc
+
+    from winclip_cli.data import InputImage
+    from winclip_cli.outputs import write_image_outputs
+
+    width, height = 1500, 1000
+    path = tmp_path / "big.png"
+    Image.new("RGB", (width, height), (100, 110, 120)).save(path)
+    boxes = tile_boxes(width, height, TileGrid(3, 3))
+    tiles = [(box, torch.rand(15, 15)) for box in boxes]
+    image = InputImage(path, str(path), "big.png")
+    tracemalloc.start()
+    try:
+        overlay, saved = write_image_outputs(image, None, tmp_path / "out", True, tiles)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * width * height, f"{peak / (width * height):.1f} bytes a pixel"
+    assert np.load(saved).shape == (height, width)
+    np.testing.assert_allclose(
+        np.load(saved), stitch(boxes, [m for _, m in tiles], (height, width)), atol=1e-6
+    )

@@ -40,7 +40,7 @@ OVERLAY_ALPHA = 0.5
 
 
 # Rows colourised at a time: a 6000x4000 map never has a second full-size float copy.
-_COLOR_ROWS = 256
+_COLOR_ROWS = 64
 # Up to this shorter side the legend has its original size (about 290x30 px); above it,
 # bar and text grow with the image, so the legend stays readable on a whole-photo view.
 LEGEND_BASE_SIDE = 720
