@@ -385,10 +385,10 @@ def _histogram(
     )
     for fraction in (0, 0.25, 0.5, 0.75, 1):
         x = left + fraction * plot_w
-        value = low + fraction * (high - low)
+        tick = low + fraction * (high - low)
         parts.append(
             f'<line class="axis" x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}"/>'
-            f'<text x="{x:.1f}" y="{axis_y + 16}" text-anchor="middle">{_short(value)}</text>'
+            f'<text x="{x:.1f}" y="{axis_y + 16}" text-anchor="middle">{_short(tick)}</text>'
         )
     peak_text = f"{peak:.0%}" if calibration else f"{int(peak)}"
     parts.append(
@@ -761,12 +761,12 @@ def _render(
             thumbs.get(main_file) if main_file is not None else None,
             kind,
         )
-        original = (
+        second = (
             (original_file, thumbs.get(original_file) if original_file is not None else None)
             if with_original
             else None
         )
-        cards.append(_card(rank, rows[index], index + 1, main, original, base, notes))
+        cards.append(_card(rank, rows[index], index + 1, main, second, base, notes))
 
     columns: list[str] = [c for c in PREFERRED if any(c in r for r in rows)]
     for row in rows:
