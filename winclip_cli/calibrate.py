@@ -21,16 +21,17 @@ from .data import InputImage, find_images
 from .errors import CalibrationError, ExitCode, UsageError
 from .options import DEFAULT_FALSE_ALARM_RATE, CalibrateOptions, RunOptions, default_workers
 from .prompts import PromptSet, clean_class_name, resolve_prompts
+from .tiling import TileGrid
 
 if TYPE_CHECKING:
     from .cache import ReferenceBank
     from .model import WinClip
     from .progress import Reporter
 
-TILES_UNTILED = "1x1"  # the tiling work fills in its own grid
 
-
-def fingerprint(wc: WinClip, class_name: str, bank: ReferenceBank | None) -> dict[str, Any]:
+def fingerprint(
+    wc: WinClip, class_name: str, bank: ReferenceBank | None, grid: TileGrid
+) -> dict[str, Any]:
     """The settings a calibration is valid for: everything that moves the scores."""
     ps = wc.prompts
     return {
@@ -48,7 +49,7 @@ def fingerprint(wc: WinClip, class_name: str, bank: ReferenceBank | None) -> dic
         "input_size": list(wc.input_size),
         "mode": "zero-shot" if bank is None else "few-shot",
         "k": 0 if bank is None else int(bank.num_images),
-        "tiles": TILES_UNTILED,
+        "tiles": str(grid) if grid.is_single else f"{grid} overlap {grid.overlap:g}",
     }
 
 
@@ -198,6 +199,7 @@ def run_calibrate(
         plan_references,
         prompt_file,
         refuse_overwriting,
+        tile_grid,
     )
 
     run = RunOptions(
@@ -210,9 +212,12 @@ def run_calibrate(
         batch_size=opts.batch_size,
         workers=opts.workers,
         output=str(opts.output),
+        tiles=opts.tiles,
+        tile_overlap=opts.tile_overlap,
         model=opts.model,
     )
     check_numbers(run)
+    grid = tile_grid(opts.tiles, opts.tile_overlap)
     prompts = check_model_options(run.model)
     refs = plan_references(run)
     check_writable_file(opts.output)
@@ -231,7 +236,7 @@ def run_calibrate(
     checked = Plan(run, images, images, {}, prompts, refs, [], None, None)
     scorer = load_scorer(checked, reporter, model)
     workers = default_workers() if opts.workers is None else opts.workers
-    engine = LocalEngine(scorer, opts.batch_size, workers)
+    engine = LocalEngine(scorer, opts.batch_size, workers, grid, reporter.warn)
     scores: list[float] = []
     maxima: list[float] = []
     names: list[str] = []
@@ -249,7 +254,7 @@ def run_calibrate(
         reporter.stop()
     if not scores:
         raise UsageError("none of the known-good images could be read: nothing to calibrate")
-    settings = fingerprint(scorer.model, opts.class_name, scorer.bank)
+    settings = fingerprint(scorer.model, opts.class_name, scorer.bank, grid)
     cal = Calibration(settings, np.asarray(scores), np.asarray(maxima), scorer.bank, names)
     save_calibration(cal, opts.output)
     reporter.info(f"calibration written to {opts.output}; {supported_rates(cal.n)}")

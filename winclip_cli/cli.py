@@ -27,6 +27,8 @@ from .options import (
     DEFAULT_PRETRAINED,
     DEFAULT_RAY_WORKERS,
     DEFAULT_SETTLE,
+    DEFAULT_TILE_OVERLAP,
+    DEFAULT_TILES,
     LOCAL_DIR,
     CalibrateOptions,
     ModelOptions,
@@ -177,7 +179,29 @@ PrecisionOpt = Annotated[
     str, typer.Option(help="fp32, fp16 (GPU) or bf16.", rich_help_panel=MODEL_PANEL)
 ]
 BatchOpt = Annotated[
-    int, typer.Option(help="Images per forward pass.", rich_help_panel=MODEL_PANEL)
+    int,
+    typer.Option(
+        help="Images per forward pass; tiles per pass when tiling (--tiles).",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+TILES_PANEL = "Tiling (large photos)"
+TilesOpt = Annotated[
+    str,
+    typer.Option(
+        "--tiles",
+        help="Run on an RxC grid of overlapping tiles at the photo's own resolution "
+        "(e.g. 3x3): small defects on large photos. Costs R*C times the time.",
+        rich_help_panel=TILES_PANEL,
+    ),
+]
+TileOverlapOpt = Annotated[
+    float,
+    typer.Option(
+        "--tile-overlap",
+        help="Fraction of a tile's side shared with its neighbour (0 to below 1).",
+        rich_help_panel=TILES_PANEL,
+    ),
 ]
 PromptsOpt = Annotated[
     Optional[str],  # noqa: UP045
@@ -285,10 +309,35 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             bool,
             typer.Option(
                 "--save-maps",
-                help="Also write the raw map per image (.npy, float32, image size).",
+                help="Also write the raw map per image (.npy, image size; see --map-dtype).",
                 rich_help_panel=OUTPUT_PANEL,
             ),
         ] = False,
+        map_dtype: Annotated[
+            str,
+            typer.Option(
+                "--map-dtype",
+                help="float32 or float16 (half the disk) for --save-maps.",
+                rich_help_panel=OUTPUT_PANEL,
+            ),
+        ] = "float32",
+        overlay_format: Annotated[
+            str,
+            typer.Option(
+                "--overlay-format",
+                help="png or jpg (quality 90, several times smaller on photos).",
+                rich_help_panel=OUTPUT_PANEL,
+            ),
+        ] = "png",
+        overlay_max_side: Annotated[
+            Optional[int],  # noqa: UP045
+            typer.Option(
+                "--overlay-max-side",
+                help="Downscale overlays so their longer side is at most N pixels.",
+                rich_help_panel=OUTPUT_PANEL,
+                show_default=False,
+            ),
+        ] = None,
         output: Annotated[
             Optional[str],  # noqa: UP045
             typer.Option(
@@ -433,6 +482,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         precision: PrecisionOpt = "fp32",
         batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
         workers: WorkersOpt = None,
+        tiles: TilesOpt = DEFAULT_TILES,
+        tile_overlap: TileOverlapOpt = DEFAULT_TILE_OVERLAP,
         prompts: PromptsOpt = None,
         temperature: TemperatureOpt = None,
         cache_dir: CacheOpt = None,
@@ -452,8 +503,13 @@ def _scoring_command(mode: str) -> Callable[..., None]:
             save_bank=save_bank,
             out_dir=out,
             save_maps=save_maps,
+            map_dtype=map_dtype,
+            overlay_format=overlay_format,
+            overlay_max_side=overlay_max_side,
             batch_size=batch_size,
             workers=workers,
+            tiles=tiles,
+            tile_overlap=tile_overlap,
             output=output,
             fmt=fmt,
             threshold=threshold,
@@ -479,7 +535,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
 
     if mode == "score":  # score makes no images: hide the image options from its help
         signature = inspect.signature(command)
-        hidden = ("out", "save_maps", "save_masks", "maps_mode")
+        hidden = {"out", "save_maps", "save_masks", "maps_mode", "map_dtype", "overlay_format"}
+        hidden.add("overlay_max_side")
         keep = [p for p in signature.parameters.values() if p.name not in hidden]
         command.__signature__ = signature.replace(parameters=keep)  # type: ignore[attr-defined]  # Typer reads it
     command.__doc__ = HELP[mode]
@@ -533,6 +590,8 @@ def calibrate_command(
     precision: PrecisionOpt = "fp32",
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
     workers: WorkersOpt = None,
+    tiles: TilesOpt = DEFAULT_TILES,
+    tile_overlap: TileOverlapOpt = DEFAULT_TILE_OVERLAP,
     prompts: PromptsOpt = None,
     temperature: TemperatureOpt = None,
     cache_dir: CacheOpt = None,
@@ -555,6 +614,8 @@ def calibrate_command(
         seed=seed,
         batch_size=batch_size,
         workers=workers,
+        tiles=tiles,
+        tile_overlap=tile_overlap,
         model=ModelOptions(
             model, pretrained, weights, device, precision, prompts, temperature, cache_dir
         ),
@@ -613,6 +674,8 @@ def eval_command(
     precision: PrecisionOpt = "fp32",
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
     workers: WorkersOpt = None,
+    tiles: TilesOpt = DEFAULT_TILES,
+    tile_overlap: TileOverlapOpt = DEFAULT_TILE_OVERLAP,
     prompts: PromptsOpt = None,
     temperature: TemperatureOpt = None,
     cache_dir: CacheOpt = None,
@@ -638,6 +701,8 @@ def eval_command(
         calibrate=calibrate,
         batch_size=batch_size,
         workers=workers,
+        tiles=tiles,
+        tile_overlap=tile_overlap,
         model=ModelOptions(
             model, pretrained, weights, device, precision, prompts, temperature, cache_dir
         ),

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, exception_reason
 from .imaging import to_rgb
+from .tiling import Box, TileGrid, TileGridError, draft_scale, mostly_upsampled, tile_boxes
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
@@ -130,10 +131,26 @@ def find_images(inputs: Sequence[Path], exclude: Iterable[Path | None] = ()) -> 
     ]
 
 
-def open_image(path: Path) -> Image.Image:
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def _displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as shown, after the EXIF orientation (read from the header only)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: load() and exif_transpose decide later
+        orientation = 1
+    return (img.height, img.width) if orientation in _SWAPPING_ORIENTATIONS else img.size
+
+
+def open_image(path: Path, draft: Callable[[int, int], int] | None = None) -> Image.Image:
     """The picture as a viewer shows it (first frame, EXIF orientation applied), in RGB.
 
-    Raises ImageReadError with a one-line reason for anything that can't be decoded.
+    ``draft(width, height)`` (displayed size) -> a reduction 1, 2, 4 or 8: JPEGs are then
+    decoded at about 1/scale of their size in the DCT domain (PIL's draft mode), which
+    is far faster and smaller; other formats ignore it. Raises ImageReadError with a
+    one-line reason for anything that can't be decoded.
     """
     try:
         kind = os.stat(path).st_mode  # follows symlinks
@@ -152,6 +169,10 @@ def open_image(path: Path) -> Image.Image:
                         f"image too large: {img.width}x{img.height} pixels "
                         f"(limit {MAX_PIXELS // 1_000_000} MP)"
                     )
+                if draft is not None and img.format == "JPEG":
+                    scale = draft(*_displayed_size(img))
+                    if scale > 1:
+                        img.draft(img.mode, (img.width // scale, img.height // scale))
                 img.load()
                 if img.mode == "I" and img.format in SIXTEEN_BIT_AS_I:
                     img = img.convert("I;16")  # 16-bit unsigned: scale by 65535, even if dark
@@ -180,29 +201,85 @@ def open_image(path: Path) -> Image.Image:
 
 @dataclass
 class Decoded:
-    """A dataset item: its index, the model input (or None) and the read error (or None)."""
+    """A dataset item: its index, the model input (or None) and the read error (or None).
+
+    Untiled, ``tensor`` is one (3, H, W) input. Tiled, it is (R*C, 3, H, W), one input per
+    tile, ``boxes`` the tiles' boxes on the image at its displayed ``size`` (width,
+    height), and ``small`` how many tiles are below the model input (upsampled)."""
 
     index: int
     tensor: torch.Tensor | None
     error: str | None
+    boxes: list[Box] | None = None
+    size: tuple[int, int] | None = None
+    small: int = 0
+
+
+def _input_side(preprocess: Callable[[Image.Image], torch.Tensor]) -> tuple[int, int]:
+    size = getattr(preprocess, "size", None)  # imaging.Preprocessor: (height, width)
+    return (int(size[0]), int(size[1])) if size is not None else (1, 1)
+
+
+def decode_tiles(
+    path: Path, grid: TileGrid, preprocess: Callable[[Image.Image], torch.Tensor]
+) -> tuple[torch.Tensor, list[Box], tuple[int, int], int]:
+    """The tiles of one image as model inputs (R*C, 3, H, W), their boxes on the image
+    at its displayed size, that size (width, height) and how many tiles are upsampled.
+
+    The grid is laid on the EXIF-oriented image at its own size; each tile is cropped
+    from the decoded pixels and preprocessed like a whole image. A JPEG is decoded at a
+    reduced size (draft) when every tile stays at least the model input (draft_scale);
+    the boxes are then scaled onto the reduced pixels. Raises ImageReadError or
+    TileGridError.
+    """
+    input_hw = _input_side(preprocess)
+    shown: tuple[int, int] | None = None
+
+    def draft(width: int, height: int) -> int:
+        nonlocal shown
+        shown = (width, height)
+        return draft_scale(width, height, grid, input_hw)
+
+    picture = open_image(path, draft=draft)
+    width, height = shown if shown is not None else picture.size
+    boxes = tile_boxes(width, height, grid)
+    fx, fy = picture.width / width, picture.height / height  # 1 unless drafted
+    tensors = []
+    for left, top, right, bottom in boxes:
+        crop = (round(left * fx), round(top * fy), round(right * fx), round(bottom * fy))
+        tensors.append(preprocess(picture.crop(crop)))
+    small = sum(mostly_upsampled([box], input_hw) for box in boxes)
+    return torch.stack(tensors), boxes, (width, height), small
 
 
 class ImageDataset(torch.utils.data.Dataset[Decoded]):
-    """Decodes and preprocesses one input per item; a bad file yields an error, not a crash."""
+    """Decodes and preprocesses one input per item; a bad file yields an error, not a crash.
+
+    With a tile ``grid`` other than 1x1 an item holds the image's tiles (decode_tiles),
+    and a grid that does not fit the image is that item's error."""
 
     def __init__(
-        self, images: Sequence[InputImage], preprocess: Callable[[Image.Image], torch.Tensor]
+        self,
+        images: Sequence[InputImage],
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        grid: TileGrid | None = None,
     ):
         self.images = images
         self.preprocess = preprocess
+        self.grid = None if grid is None or grid.is_single else grid
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Decoded:
         try:
-            return Decoded(index, self.preprocess(open_image(self.images[index].path)), None)
-        except ImageReadError as exc:
+            if self.grid is None:
+                return Decoded(index, self.preprocess(open_image(self.images[index].path)), None)
+            tensor, boxes, size, small = decode_tiles(
+                self.images[index].path, self.grid, self.preprocess
+            )
+            return Decoded(index, tensor, None, boxes, size, small)
+        except (ImageReadError, TileGridError) as exc:
             return Decoded(index, None, str(exc))
 
 
@@ -239,14 +316,22 @@ class Batch(NamedTuple):
     pixels: torch.Tensor | None
     readable: list[int]
     errors: dict[int, str]
+    # Tiled: per readable input, (its boxes, displayed size, upsampled tiles); its tiles
+    # are consecutive rows of ``pixels``, in ``readable`` order. None when untiled.
+    tiles: list[tuple[list[Box], tuple[int, int], int]] | None = None
 
 
 def collate(items: list[Decoded]) -> Batch:
     """Stack the readable inputs of a batch (in the worker, off the main thread)."""
     good = [d for d in items if d.tensor is not None]
     tensors = [d.tensor for d in good if d.tensor is not None]
-    pixels = torch.stack(tensors) if tensors else None
     errors = {d.index: d.error for d in items if d.error is not None}
+    tiled = any(d.boxes is not None for d in good)
+    if tiled:
+        pixels = torch.cat(tensors) if tensors else None
+        tiles = [(d.boxes or [], d.size or (0, 0), d.small) for d in good]
+        return Batch([d.index for d in items], pixels, [d.index for d in good], errors, tiles)
+    pixels = torch.stack(tensors) if tensors else None
     return Batch([d.index for d in items], pixels, [d.index for d in good], errors)
 
 
@@ -256,11 +341,13 @@ def batches(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
+    grid: TileGrid | None = None,
 ) -> Iterator[Batch]:
     """Decoded inputs in input order, ``batch_size`` at a time, decoded by ``workers``
     background processes (0: in this process) so decoding overlaps inference.
-    ``pin_memory``: page-locked batches, for non-blocking copies to a CUDA device."""
-    dataset = ImageDataset(images, preprocess)
+    ``pin_memory``: page-locked batches, for non-blocking copies to a CUDA device.
+    ``grid``: tile each image (a batch then holds the tiles of ``batch_size`` images)."""
+    dataset = ImageDataset(images, preprocess, grid)
     if workers > 0 and len(images) > batch_size:
         loader = torch.utils.data.DataLoader(
             dataset,

@@ -14,15 +14,16 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from .atomic import atomic_write
-from .data import InputImage, open_image
+from .data import InputImage
 from .datasets import CategoryData, TestSample, discover, is_dataset_file, load_mask
+from .engines import ImageResult
 from .engines.local import LocalEngine, Scorer
 from .errors import DatasetError, ExitCode, ImageReadError, UsageError
 from .metrics import COLUMN_TITLES, DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
@@ -31,6 +32,7 @@ from .paper import DATASET_NAMES, compare_with_paper, format_comparison
 from .prompts import PromptSet
 from .references import pick_references
 from .rows import ENCODING_ERRORS, csv_line
+from .tiling import TileGrid, TileGridError
 
 if TYPE_CHECKING:
     import torch
@@ -109,21 +111,51 @@ class _Engine:
     text: torch.Tensor
     batch_size: int
     workers: int
+    grid: TileGrid = field(default_factory=TileGrid)
 
     def with_bank(self, bank: ReferenceBank | None) -> LocalEngine:
         scorer = Scorer(self.wc, self.text, bank, maps=True)
-        return LocalEngine(scorer, self.batch_size, self.workers)
+        warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
+        return LocalEngine(scorer, self.batch_size, self.workers, self.grid, warn)
 
     def bank(self, refs: list[Path]) -> ReferenceBank | None:
-        import torch
+        from .pipeline import reference_pixels
 
         if not refs:
             return None
         try:
-            x = torch.stack([self.wc.preprocess(open_image(p)) for p in refs])
-        except ImageReadError as err:  # readable a moment ago
+            x = reference_pixels(self.wc, refs, self.grid)
+        except (ImageReadError, TileGridError) as err:  # readable a moment ago
             raise DatasetError(f"cannot read reference {refs}: {err}") from err
         return self.wc.reference_bank(x, batch_size=self.batch_size)
+
+
+def eval_size(
+    width: int, height: int, grid: TileGrid, input_size: tuple[int, int]
+) -> tuple[int, int]:
+    """(height, width) at which a tiled image's map and mask are compared: per axis the
+    tiles' combined input resolution (R * input height, C * input width), never above the
+    image's own. That is what the tiles resolve (finer only interpolates; coarser loses
+    the gain); 1x1 compares at the input size, as untiled."""
+    if grid.is_single:
+        return input_size
+    return min(height, grid.rows * input_size[0]), min(width, grid.cols * input_size[1])
+
+
+def _tiled_eval_map(result: ImageResult, size: tuple[int, int]) -> np.ndarray:
+    """A tiled result's stitched map (at the image's size), resized to ``size``."""
+    import torch
+    import torch.nn.functional as F
+
+    from .outputs import full_map
+
+    assert result.size is not None
+    width, height = result.size
+    full = torch.from_numpy(full_map(None, result.tiles, height, width))
+    if (height, width) == size:
+        return full.numpy()
+    small = F.interpolate(full[None, None], size=size, mode="bilinear", antialias=True)
+    return small[0, 0].numpy()
 
 
 def _warn_empty_mask(sample: TestSample, mask: np.ndarray) -> None:
@@ -159,9 +191,29 @@ def _evaluate_run(
     chunk_masks: list[np.ndarray] = []
     for index, result in enumerate(local.predict(tests)):
         sample = samples[index]
-        if result.error is not None or result.grid_map is None or result.score is None:
+        if result.error is not None or not result.has_map or result.score is None:
             # A skipped image would silently change the metrics.
             raise DatasetError(f"cannot read image {sample.path}: {result.error}")
+        if result.grid_map is None:  # tiled: one image at a time, at its eval size
+            assert result.size is not None
+            size = eval_size(*result.size, engine.grid, wc.input_size)
+            mask = load_mask(sample.mask, size)
+            if run.first_of_category:
+                _warn_empty_mask(sample, mask)
+            pixels.update(_tiled_eval_map(result, size), mask)
+            if rows is not None:
+                path = _relative(sample.path, root)
+                rows.writerow(
+                    [run.data.name, run.k, run.seed, path, sample.label, repr(result.score)]
+                )
+            labels.append(sample.label)
+            scores.append(result.score)
+            if progress is not None and (
+                len(labels) % engine.batch_size == 0 or index + 1 == total
+            ):
+                args = (run.data.name, run.k, run.seed, len(labels), total, run.number, run.runs)
+                progress(EvalProgress(*args))
+            continue
         mask = load_mask(sample.mask, wc.input_size)
         if run.first_of_category:
             _warn_empty_mask(sample, mask)
@@ -304,6 +356,7 @@ def run_evaluation(
     class_name: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 0,
+    grid: TileGrid | None = None,
     bins: int = DEFAULT_BINS,
     scores_path: str | os.PathLike[str] | None = None,
     json_path: str | os.PathLike[str] | None = None,
@@ -319,8 +372,9 @@ def run_evaluation(
     k > 0 = WinCLIP+ with k references drawn from the training normals); ``seeds`` the
     number of seeds (0..N-1) or the seeds themselves, for k > 0 (k = 0 runs once);
     ``class_name`` the prompt class for every category (None: the category name);
-    ``batch_size`` images per forward pass; ``workers`` decoding processes (the local
-    engine's); ``bins`` histogram bins of the pixel metrics;
+    ``batch_size`` images per forward pass (tiles when tiled); ``workers`` decoding
+    processes (the local engine's); ``grid`` tiles per image (None: 1x1; maps and masks
+    are then compared at eval_size); ``bins`` histogram bins of the pixel metrics;
     ``scores_path`` per-image CSV (category, k, seed, path, label, score), rows flushed as
     they come; ``json_path`` the results as JSON; ``compare`` add the paper's numbers;
     ``table_stream`` where the table (and comparison) is written; ``progress`` called with
@@ -374,7 +428,7 @@ def run_evaluation(
                     number += 1
                     first = not runs and k == shot_list[0]
                     run = _Run(data, text, k, seed, number, runs_total, first, calibrate)
-                    engine = _Engine(wc, text, batch_size, workers)
+                    engine = _Engine(wc, text, batch_size, workers, grid or TileGrid())
                     figures = _evaluate_run(engine, run, tests, bins, rows, root, progress)
                     runs.append({key: _json_value(v) for key, v in figures.items()})
                 entry["shots"][str(k)] = {**_mean_std(runs), "runs": runs}
@@ -401,6 +455,7 @@ def check_eval_options(opts: EvalOptions) -> PromptSet:
         check_writable_file,
         prompt_file,
         refuse_overwriting,
+        tile_grid,
     )
 
     if opts.compare not in (None, "paper"):
@@ -413,6 +468,7 @@ def check_eval_options(opts: EvalOptions) -> PromptSet:
         raise UsageError("--workers must be 0 or more")
     if opts.class_name is not None:
         check_class_name(opts.class_name)
+    tile_grid(opts.tiles, opts.tile_overlap)
     inputs = [p for p in (opts.model.weights, prompt_file(opts.model)) if p is not None]
     for option, path in (("--json", opts.json_path), ("--scores", opts.scores_path)):
         if path is not None and str(path) != "-":
@@ -449,6 +505,7 @@ def evaluate_command(
         class_name=opts.class_name,
         batch_size=opts.batch_size,
         workers=default_workers() if opts.workers is None else opts.workers,
+        grid=TileGrid.parse(opts.tiles, opts.tile_overlap),
         scores_path=opts.scores_path,
         json_path=opts.json_path,
         compare=opts.compare == "paper",

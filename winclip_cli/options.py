@@ -23,6 +23,10 @@ DEFAULT_FALSE_ALARM_RATE = 0.01  # --false-alarm-rate with --calibration
 MAP_MODES = ("all", "anomalous")  # --maps: every image, or only those decided anomalous
 ENGINES = ("local", "ray")
 DEFAULT_RAY_WORKERS = 2
+DEFAULT_TILES = "1x1"  # ROWSxCOLUMNS; 1x1 is the untiled run
+DEFAULT_TILE_OVERLAP = 0.25
+OVERLAY_FORMATS = ("png", "jpg")
+MAP_DTYPES = ("float32", "float16")
 
 
 def default_workers() -> int:
@@ -74,8 +78,13 @@ class RunOptions:
     save_bank: Path | None = None
     out_dir: Path = DEFAULT_OUT_DIR
     save_maps: bool = False
-    batch_size: int = DEFAULT_BATCH_SIZE
+    map_dtype: str = "float32"  # of the --save-maps .npy files (MAP_DTYPES)
+    overlay_format: str = "png"  # OVERLAY_FORMATS
+    overlay_max_side: int | None = None  # downscale overlays to this longer side
+    batch_size: int = DEFAULT_BATCH_SIZE  # images per pass; tiles per pass when tiling
     workers: int | None = None  # None: default_workers()
+    tiles: str = DEFAULT_TILES  # "RxC" (tiling.TileGrid.parse)
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
     output: str | None = None
     fmt: str = DEFAULT_FORMAT
     threshold: float | None = None
@@ -120,6 +129,8 @@ class CalibrateOptions:
     seed: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
+    tiles: str = DEFAULT_TILES
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
     model: ModelOptions = field(default_factory=ModelOptions)
 
 
@@ -139,4 +150,6 @@ class EvalOptions:
     calibrate: float | None = None  # --calibrate A: false-alarm rate from train/good
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
+    tiles: str = DEFAULT_TILES
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
     model: ModelOptions = field(default_factory=ModelOptions)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from .data import InputImage, open_image
 from .decision import ANOMALOUS, CalibratedRule, label_of
@@ -26,11 +27,15 @@ from .errors import ExitCode, ImageReadError, Interrupted, OutputError, UsageErr
 from .interrupts import CriticalSection, interruptible
 from .model import WinClip
 from .options import RunOptions, default_workers
-from .outputs import Caption, ColourScale, ImageOutputs, write_image_outputs
-from .planning import Plan, plan, resume_key
+from .outputs import Caption, ColourScale, ImageOutputs, OverlayStyle, write_image_outputs
+from .planning import Plan, plan, resume_key, tile_grid
 from .progress import Reporter
 from .rows import Row, RowWriter, discard_stdout, stdout_rows
 from .run_report import RunReport
+from .tiling import TileGrid, TileGridError, grid_meta
+
+if TYPE_CHECKING:
+    import torch
 
 # Rows waiting for their overlay; beyond this the run waits, so memory stays flat.
 MAX_PENDING_IMAGES = 16
@@ -113,7 +118,7 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
                     resumed.manifest.weights = weights
                     with section():
                         resumed.manifest.write(p.rows_file.path)
-                engine = make_engine(p, scorer)
+                engine = make_engine(p, scorer, reporter)
                 _say_threshold(p, reporter)
                 with RowSink(p, tally, section, on_row) as sink:
                     _score(p, engine.predict(p.todo), sink, reporter)
@@ -179,7 +184,7 @@ def engine_session(opts: RunOptions) -> Iterator[None]:
         yield
 
 
-def make_engine(p: Plan, scorer: Scorer) -> Engine:
+def make_engine(p: Plan, scorer: Scorer, reporter: Reporter) -> Engine:
     """The engine of ``p.opts.engine`` (inside engine_session)."""
     opts = p.opts
     if opts.engine == "ray":
@@ -190,12 +195,12 @@ def make_engine(p: Plan, scorer: Scorer) -> Engine:
     if opts.maps_mode == "anomalous":
         assert p.rule is not None  # planning refuses --maps anomalous without one
         return AnomalousMapsEngine(scorer, opts.batch_size, workers, p.rule)
-    return LocalEngine(scorer, opts.batch_size, workers)
+    grid = tile_grid(opts.tiles, opts.tile_overlap)
+    return LocalEngine(scorer, opts.batch_size, workers, grid, reporter.warn)
 
 
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:
     """The model (loaded unless given), the class's text embeddings and the bank."""
-    import torch
 
     from .cache import save_bank
     from .errors import BankMismatchError
@@ -215,11 +220,16 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
     elif refs.images:
         for message in refs.skipped:
             reporter.warn(message)
+        grid = tile_grid(opts.tiles, opts.tile_overlap)
         try:
-            tensors = [wc.preprocess(open_image(image.path)) for image in refs.images]
+            pixels = reference_pixels(wc, [image.path for image in refs.images], grid)
         except ImageReadError as exc:  # readable a moment ago: changed under our feet
             raise UsageError(f"--ref {refs.source}: a reference became unreadable: {exc}") from exc
-        bank = wc.reference_bank(torch.stack(tensors), batch_size=opts.batch_size)
+        except TileGridError as exc:
+            raise UsageError(f"--ref {refs.source}: a reference cannot be tiled: {exc}") from exc
+        bank = wc.reference_bank(pixels, batch_size=opts.batch_size)
+        if not grid.is_single:
+            bank.meta.update(grid_meta(grid), references=len(refs.images))
         reporter.stage(f"reference bank built from {len(refs.images)} image(s) in {refs.source}")
         if refs.save_to is not None:
             save_bank(bank, refs.save_to)
@@ -227,8 +237,29 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
     if p.calibration is not None and opts.calibration is not None:
         from .calibrate import check_loaded, fingerprint
 
-        check_loaded(p.calibration, opts.calibration, fingerprint(wc, opts.class_name, bank))
+        grid = tile_grid(opts.tiles, opts.tile_overlap)
+        settings = fingerprint(wc, opts.class_name, bank, grid)
+        check_loaded(p.calibration, opts.calibration, settings)
     return Scorer(wc, text, bank, maps=opts.maps)
+
+
+def reference_pixels(wc: WinClip, paths: list[Path], grid: TileGrid) -> torch.Tensor:
+    """The model inputs of the reference images: one per image untiled; tiled, every tile
+    of each reference (tiled on its own size), K*R*C in all. Raises ImageReadError or
+    TileGridError (a reference the grid does not fit, naming it)."""
+    import torch
+
+    from .data import decode_tiles
+
+    if grid.is_single:
+        return torch.stack([wc.preprocess(open_image(path)) for path in paths])
+    parts = []
+    for path in paths:
+        try:
+            parts.append(decode_tiles(path, grid, wc.preprocessor)[0])
+        except TileGridError as exc:
+            raise TileGridError(f"{path}: {exc}") from exc
+    return torch.cat(parts)
 
 
 def _score(p: Plan, results: Iterator[ImageResult], sink: RowSink, reporter: Reporter) -> None:
@@ -296,8 +327,10 @@ class RowSink:
         self.pending: deque[tuple[Row, Future[ImageOutputs] | None]] = deque()
         self.scale = ColourScale.of(p.calibration, p.rule)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
-        if self.opts.maps:
-            self.opts.out_dir.mkdir(parents=True, exist_ok=True)
+        opts = self.opts
+        self.style = OverlayStyle(opts.overlay_format, opts.overlay_max_side, opts.map_dtype)
+        if opts.maps:
+            opts.out_dir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> RowSink:
         return self
@@ -386,7 +419,7 @@ class RowSink:
         else:
             row = Row(image.display, score=result.score, map_max=result.map_max)
             job = None
-            if result.grid_map is not None:
+            if result.has_map:
                 opts, rule = self.opts, self.plan.rule
                 caption = Caption(result.score, label_of(rule, result.score), _p(rule, row))
                 job = self.pool.submit(
@@ -395,6 +428,8 @@ class RowSink:
                     result.grid_map,
                     opts.out_dir,
                     opts.save_maps,
+                    result.tiles,
+                    self.style,
                     pixel_threshold=None if rule is None else rule.pixel_threshold,
                     scale=self.scale,
                     caption=caption if rule is not None else None,

@@ -31,12 +31,22 @@ from .manifest import (
     settling,
     still_the_same,
 )
-from .options import DEFAULT_K, DEFAULT_SCALES, ENGINES, LOCAL_DIR, ModelOptions, RunOptions
+from .options import (
+    DEFAULT_K,
+    DEFAULT_SCALES,
+    ENGINES,
+    LOCAL_DIR,
+    MAP_DTYPES,
+    OVERLAY_FORMATS,
+    ModelOptions,
+    RunOptions,
+)
 from .outputs import output_name
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .references import pick_references
 from .rows import FORMATS, SCORE_DECIMALS, RowsFile, columns, read_finished_rows
 from .shards import parse_shard, shard_of
+from .tiling import TileGrid, describe_grid, grid_of_meta, same_grid
 
 if TYPE_CHECKING:
     from .calibration import Calibration
@@ -182,8 +192,39 @@ def check_model_options(model: ModelOptions) -> PromptSet:
         raise UsageError(str(exc)) from exc
 
 
+def tile_grid(tiles: str, overlap: float) -> TileGrid:
+    """The grid of --tiles and --tile-overlap; UsageError (exit 2) with the parser's
+    message when either is malformed."""
+    try:
+        return TileGrid.parse(tiles, overlap)
+    except ValueError as exc:
+        raise UsageError(f"--tiles {tiles} --tile-overlap {overlap}: {exc}") from exc
+
+
+def check_bank_grid(meta: dict[str, object], grid: TileGrid, what: str) -> None:
+    """UsageError unless a bank (or calibration) made with meta's grid fits this run's."""
+    try:
+        made = grid_of_meta(meta)
+    except ValueError as exc:
+        raise UsageError(f"{what}: damaged tile grid record: {exc}") from exc
+    if not same_grid(made, grid):
+        raise UsageError(
+            f"{what} was made with {describe_grid(made)}, this run uses {describe_grid(grid)}: "
+            "use the same --tiles and --tile-overlap, or rebuild it"
+        )
+
+
 def check_numbers(opts: RunOptions) -> None:
     check_class_name(opts.class_name)
+    tile_grid(opts.tiles, opts.tile_overlap)
+    if opts.overlay_format not in OVERLAY_FORMATS:
+        raise UsageError(
+            f"--overlay-format {opts.overlay_format!r}: use {' or '.join(OVERLAY_FORMATS)}"
+        )
+    if opts.map_dtype not in MAP_DTYPES:
+        raise UsageError(f"--map-dtype {opts.map_dtype!r}: use {' or '.join(MAP_DTYPES)}")
+    if opts.overlay_max_side is not None and opts.overlay_max_side < 16:
+        raise UsageError("--overlay-max-side must be at least 16 (pixels)")
     if opts.fmt not in FORMATS:
         raise UsageError(f"--format {opts.fmt!r}: use {' or '.join(FORMATS)}")
     if opts.batch_size < 1:
@@ -227,6 +268,9 @@ def _check_scale_out(opts: RunOptions) -> None:
         raise UsageError(f"--engine {opts.engine!r}: use {' or '.join(ENGINES)}")
     if opts.engine == "ray" and opts.maps_mode == "anomalous":
         raise UsageError("--maps anomalous runs two local passes: not with --engine ray")
+    if opts.tiles != "1x1" and (opts.engine == "ray" or opts.maps_mode == "anomalous"):
+        what = "--engine ray" if opts.engine == "ray" else "--maps anomalous"
+        raise UsageError(f"--tiles {opts.tiles} is not yet supported with {what}")
     ray = opts.ray
     if opts.engine != "ray":
         if ray.given:
@@ -267,9 +311,12 @@ def plan_references(opts: RunOptions) -> References:
         refs.bank = bank = _read_bank_file(opts.ref)
         if opts.seed is not None:
             raise UsageError(f"--seed picks images from a folder; --ref {opts.ref} is a bank")
-        if opts.k is not None and opts.k != bank.num_images:
+        check_bank_grid(bank.meta, tile_grid(opts.tiles, opts.tile_overlap), f"--ref {opts.ref}")
+        # A tiled bank holds K*R*C images' worth; "references" is K.
+        k_of_bank = int(bank.meta.get("references", bank.num_images))
+        if opts.k is not None and opts.k != k_of_bank:
             raise UsageError(
-                f"--ref {opts.ref} holds {bank.num_images} reference image(s), not --k {opts.k}"
+                f"--ref {opts.ref} holds {k_of_bank} reference image(s), not --k {opts.k}"
             )
         return refs
     if not opts.ref.is_dir():
@@ -371,7 +418,8 @@ def _check_not_clobbering(
         raise UsageError(
             f"--out {opts.out_dir} is in the --ref folder: overlays would become references"
         )
-    suffixes = [".png", ".npy"] if opts.save_maps else [".png"]
+    overlay = "." + opts.overlay_format
+    suffixes = [overlay, ".npy"] if opts.save_maps else [overlay]
     suffixes += [".mask.png"] if opts.save_masks else []
     written = {
         os.path.abspath(output_name(opts.out_dir, image.relative, suffix)): image
@@ -432,6 +480,8 @@ def run_settings(
         "--false-alarm-rate": opts.false_alarm_rate,
         "--maps": opts.maps_mode,
         "--shard": opts.shard,
+        "--tiles": opts.tiles,
+        "--tile-overlap": None if opts.tiles == "1x1" else opts.tile_overlap,
         "--format": opts.fmt,
         "columns": cols,
     }

@@ -271,3 +271,29 @@ def mostly_upsampled(boxes: Sequence[Box], input_size: int | tuple[int, int]) ->
     in_h, in_w = _input_hw(input_size)
     small = sum(1 for le, t, r, b in boxes if r - le < in_w or b - t < in_h)
     return 2 * small > len(boxes)
+
+
+def grid_meta(grid: TileGrid) -> dict[str, object]:
+    """What a reference bank records about the tiles it was built from; nothing for 1x1,
+    so untiled banks stay byte-identical to those made before tiling existed."""
+    return {} if grid.is_single else {"tiles": str(grid), "tile_overlap": float(grid.overlap)}
+
+
+def grid_of_meta(meta: dict[str, object]) -> TileGrid:
+    """The tile grid a bank's meta records (no key: 1x1, the banks made before tiling)."""
+    overlap = meta.get("tile_overlap", 0.25)
+    return TileGrid.parse(str(meta.get("tiles", "1x1")), float(overlap))  # type: ignore[arg-type]
+
+
+def same_grid(a: TileGrid, b: TileGrid) -> bool:
+    """The same tiles: rows and columns, and the overlap unless both are 1x1."""
+    if (a.rows, a.cols) != (b.rows, b.cols):
+        return False
+    return a.is_single or a.overlap == b.overlap
+
+
+def describe_grid(grid: TileGrid) -> str:
+    """`3x3 tiles (overlap 0.25)`, or `1x1 tiles (untiled)`, for messages."""
+    return (
+        f"{grid} tiles (untiled)" if grid.is_single else f"{grid} tiles (overlap {grid.overlap:g})"
+    )

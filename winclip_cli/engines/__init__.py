@@ -16,21 +16,39 @@ if TYPE_CHECKING:
     import torch
 
     from ..data import InputImage
+    from ..tiling import Box
 
 NOT_FINITE = "the model gave no finite score (damaged weights?)"
 
 
 @dataclass
 class ImageResult:
-    """One input's outcome: a score and (with maps) its grid map, or an error."""
+    """One input's outcome: a score and (with maps) its grid map, or an error.
+
+    A tiled image (grid other than 1x1) has no ``grid_map``: with maps, ``tiles`` holds
+    each tile's box on the image and its (gh, gw) grid map, and ``size`` the image's
+    displayed (width, height), from which the full-size map is stitched
+    (tiling.MapStitcher). Plain tensors and tuples: picklable for remote engines."""
 
     score: float | None
     grid_map: torch.Tensor | None = None  # (gh, gw) on the patch grid
     error: str | None = None
+    tiles: list[tuple[Box, torch.Tensor]] | None = None
+    size: tuple[int, int] | None = None  # (width, height); set for tiled images
+
+    @property
+    def has_map(self) -> bool:
+        """There is a map to draw (an overlay to write)."""
+        return self.grid_map is not None or bool(self.tiles)
 
     @property
     def map_max(self) -> float | None:
-        return None if self.grid_map is None else float(self.grid_map.max())
+        """The maximum of the grid map; tiled: over the tiles' grid maps (WINCLIP.md)."""
+        if self.grid_map is not None:
+            return float(self.grid_map.max())
+        if self.tiles:
+            return max(float(m.max()) for _, m in self.tiles)
+        return None
 
 
 def checked_result(score: float, grid_map: torch.Tensor | None) -> ImageResult:
