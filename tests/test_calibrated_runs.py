@@ -390,3 +390,20 @@ def test_the_report_of_a_calibrated_run_shows_the_calibration(
     text = report.read_text()
     assert "with the calibration scores" in text  # its distribution beside the run's
     assert "false-alarm rate" in text and "n = 24" in text
+
+
+def test_a_tiled_calibration_records_its_grid_and_refuses_another(model, tmp_path):  # noqa: F811
+    good = tmp_path / "good"
+    make_images(good, 5, seed=21, size=96)
+    cal = tmp_path / "tiled.cal"
+    made = calibrate([good, "--tiles", "2x2", "-o", cal], model)
+    assert made.code == 0, made.stderr
+    assert load_calibration(cal).settings["tiles"] == "2x2 overlap 0.25"
+    tests = tmp_path / "tests"
+    make_images(tests, 3, seed=22, size=96)
+    base = ["score", tests, "--calibration", cal, "--false-alarm-rate", "0.2", *model]
+    tiled = run_runner([*base, "--tiles", "2x2"])
+    assert tiled.code in (0, 1), tiled.stderr
+    # The calibration's scores are tile maxima: an untiled run may not use them.
+    untiled = run_runner(base)
+    assert untiled.code == 2 and "--tiles" in untiled.stderr, untiled.stderr

@@ -279,7 +279,7 @@ def test_overlay_writer_holds_one_full_size_float_map(tmp_path):
     image = InputImage(path, str(path), "big.png")
     tracemalloc.start()
     try:
-        _overlay, saved = write_image_outputs(image, None, tmp_path / "out", True, tiles)
+        saved = write_image_outputs(image, None, tmp_path / "out", True, tiles).map
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
