@@ -392,3 +392,15 @@ def test_a_log_gets_stage_and_progress_lines(folder, model_dir, tmp_path):
     rows.unlink()
     quiet = subprocess.run([*args, "--quiet"], capture_output=True, env=env, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == b""
+
+
+def test_a_fifo_input_is_never_opened_for_its_identity(tmp_path):
+    """Hashing a named pipe would block the run forever (the corpus has one)."""
+    import os
+
+    from winclip_cli.manifest import file_identity
+
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        file_identity(fifo)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ def manifest_path(rows: Path) -> Path:
 def file_identity(path: Path) -> Identity:
     """Size, modification time and content hash of a file (OSError when unreadable)."""
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the run forever, a device never end
+        raise OSError(f"{path} is not a regular file")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
