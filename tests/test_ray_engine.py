@@ -183,3 +183,10 @@ def test_a_calibrated_segment_matches_local(ray_address, inputs, model, tmp_path
     local, remote = both([*args, "--save-masks"], tmp_path)
     assert local == remote
     assert "p_value" in remote.splitlines()[0] and "anomalous_pixels" in remote.splitlines()[0]
+
+
+def test_a_tiled_segment_matches_local(ray_address, inputs, model, tmp_path):
+    """Tiles are cut and scored in the actors; the driver stitches the same overlays."""
+    args = ["segment", inputs, *model, "--tiles", "2x2", "--batch-size", "5", "--save-maps"]
+    local, remote = both(args, tmp_path)
+    assert local == remote

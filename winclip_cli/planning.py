@@ -268,9 +268,8 @@ def _check_scale_out(opts: RunOptions) -> None:
         raise UsageError(f"--engine {opts.engine!r}: use {' or '.join(ENGINES)}")
     if opts.engine == "ray" and opts.maps_mode == "anomalous":
         raise UsageError("--maps anomalous runs two local passes: not with --engine ray")
-    if opts.tiles != "1x1" and (opts.engine == "ray" or opts.maps_mode == "anomalous"):
-        what = "--engine ray" if opts.engine == "ray" else "--maps anomalous"
-        raise UsageError(f"--tiles {opts.tiles} is not yet supported with {what}")
+    if opts.tiles != "1x1" and opts.maps_mode == "anomalous":
+        raise UsageError(f"--tiles {opts.tiles} is not yet supported with --maps anomalous")
     ray = opts.ray
     if opts.engine != "ray":
         if ray.given:

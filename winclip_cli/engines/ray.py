@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -138,6 +139,7 @@ class RayEngine:
             "text": scorer.text.detach().float().cpu(),
             "bank": None if scorer.bank is None else bank_payload(scorer.bank),
             "maps": scorer.maps,
+            "tiles": (opts.tiles, opts.tile_overlap),
             "hooks": {k: os.environ[k] for k in HOOKS if k in os.environ},
         }
 
@@ -189,10 +191,16 @@ class RayEngine:
                     if error:
                         yield ImageResult(None, None, error)
                     else:
+                        score = float(block["score"][j])
+                        if "tiled" in block:  # boxes and tile maps, pickled by the actor
+                            tiles, size = pickle.loads(block["tiled"][j])
+                            yield ImageResult(score, None, None, tiles, size)
+                            expected += 1
+                            continue
                         grid = None
                         if "grid" in block:
                             grid = torch.from_numpy(np.array(block["grid"][j]))
-                        yield ImageResult(float(block["score"][j]), grid)
+                        yield ImageResult(score, grid)
                     expected += 1
         finally:
             close = getattr(stream, "close", None)

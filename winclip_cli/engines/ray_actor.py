@@ -7,6 +7,7 @@ nothing of Ray itself.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..data import InputImage
+from ..tiling import TileGrid
 from . import ImageResult
 
 
@@ -32,6 +34,7 @@ class Predictor:
         torch.set_num_threads(1)  # one core per actor (num_cpus=1): no oversubscription
         self.hooks: dict[str, str] = setup["hooks"]
         self.maps: bool = setup["maps"]
+        self.grid = TileGrid.parse(*setup["tiles"])
         self.fatal = ""
         try:
             self.engine = self._load(setup)
@@ -51,7 +54,9 @@ class Predictor:
         text = setup["text"].to(wc.device)
         self.grid_size = tuple(wc.grid_size)
         # The local engine's own loop, on one batch at a time, decoding in this actor.
-        return lambda size: LocalEngine(Scorer(wc, text, bank, self.maps), size, 0)
+        scorer = Scorer(wc, text, bank, self.maps)
+        # The upsampled-tiles warning is the driver's to give; here it would be lost.
+        return lambda size: LocalEngine(scorer, size, 0, self.grid, lambda _message: None)
 
     def _maybe_die(self, batch: int) -> None:
         if delay := self.hooks.get("WINCLIP_TEST_BATCH_DELAY_S"):
@@ -86,7 +91,11 @@ class Predictor:
             "error": np.array([r.error or "" for _, r in rows], dtype=object),
             "fatal": np.array([self.fatal] * n, dtype=object),
         }
-        if self.maps:
+        if self.maps and not self.grid.is_single:  # per-tile maps: boxes and tensors
+            out["tiled"] = np.array(
+                [pickle.dumps((r.tiles, r.size)) for _, r in rows], dtype=object
+            )
+        elif self.maps:
             shape = (1, 1) if self.fatal else self.grid_size
             grids = [
                 np.zeros(shape, np.float32) if r.grid_map is None else r.grid_map.float().numpy()
