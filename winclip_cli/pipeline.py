@@ -448,12 +448,14 @@ class RowSink:
                 self._collect(row, job)
             row.label = label_of(self.plan.rule, row.score)
             row.p_value = _p(self.plan.rule, row)
+            # The report's copy too: a Ctrl-C at the section's end must not leave a
+            # written row out of the report.
             with self.section(), self._writing_rows():
                 self._write(row)
                 self.pending.popleft()
                 self.tally.add(row.status, row.label)
-            if self.on_row is not None:
-                self.on_row(self.writer.record(row))
+                if self.on_row is not None:
+                    self.on_row(self.writer.record(row))
 
     def _collect(self, row: Row, job: Future[ImageOutputs]) -> None:
         try:
