@@ -199,15 +199,21 @@ def peak_rss_segment(weights: Path, count: int, cache: Path) -> float:
                str(weights), "--out", str(Path(tmp) / "out"), "-o", str(Path(tmp) / "rows.csv"),
                "--device", "cpu", "-q"]  # fmt: skip
         env = {**os.environ, "WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-        # ru_maxrss of RUSAGE_CHILDREN is the largest child ever waited for, so the run
-        # gets a fresh parent of its own whose only child it is (kB on Linux).
-        measure = (
-            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", measure, *cmd], env=env, check=True, capture_output=True
-        )
+        return peak_rss(cmd, env)
+
+
+def peak_rss(cmd: list[str], env: dict[str, str]) -> float:
+    """Peak RSS (GB) of the command ``cmd`` run with ``env``.
+
+    ru_maxrss of RUSAGE_CHILDREN is the largest child ever waited for, so the run gets a
+    fresh parent of its own whose only child it is (kB on Linux)."""
+    measure = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, *cmd], env=env, check=True, capture_output=True
+    )
     return int(done.stdout.decode().split()[-1]) / 1e6
 
 

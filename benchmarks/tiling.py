@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.run import peak_rss as command_peak_rss  # noqa: E402
+
 SAMPLE = ROOT / "sample_data" / "parts" / "good" / "textile_0901.jpg"
 MODEL = "ViT-B-16-plus-240"
 SIZE = (4000, 3000)
@@ -118,14 +119,7 @@ def peak_rss(tmp: Path, count: int, tiles: str) -> float:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(ROOT),
     }
-    measure = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", measure, *cmd], env=env, check=True, capture_output=True
-    )
-    return int(done.stdout.decode().split()[-1]) / 1e6
+    return command_peak_rss(cmd, env)
 
 
 def disk(tmp: Path) -> dict[str, float]:
