@@ -104,6 +104,7 @@ def _draw_legend(canvas: Image.Image) -> None:
 
 
 CONTOUR_COLOUR = (255, 40, 40)  # red: no viridis colour is close to it
+LEGEND_TITLE = "map vs known-good images"
 THRESHOLD_MARK = 0.75  # where the pixel threshold sits on a calibrated colour bar
 
 
@@ -183,18 +184,20 @@ def _draw_calibrated_legend(canvas: Image.Image, scale: ColourScale) -> None:
     bar_w = max(64, min(width // 3, 600))
     bar_h = max(6, size // 2)
     margin = max(4, size // 2)
-    x0 = width - bar_w - margin * 3
+    draw = ImageDraw.Draw(canvas)
+    # The box holds the title too: on a small image it is wider than the bar.
+    title_w = round(draw.textlength(LEGEND_TITLE, font=font))
+    x0 = width - max(bar_w, title_w) - margin * 3
     if x0 < 0 or height < 4 * size:
         return
     y1 = height - margin - size - 2
     y0 = y1 - bar_h
-    draw = ImageDraw.Draw(canvas)
     draw.rectangle([x0 - margin, y0 - size - margin, width, height], fill=(0, 0, 0))
     canvas.paste(Image.fromarray(colorize(np.tile(np.linspace(0, 1, bar_w), (bar_h, 1)))), (x0, y0))
     mark = x0 + round(THRESHOLD_MARK * (bar_w - 1))
     draw.rectangle([mark - 1, y0 - 3, mark + 1, y1 + 3], fill=CONTOUR_COLOUR)
     white = (255, 255, 255)
-    draw.text((x0, y0 - size - 2), "map vs known-good images", fill=white, font=font)
+    draw.text((x0, y0 - size - 2), LEGEND_TITLE, fill=white, font=font)
     draw.text((x0, y1 + 2), f"{scale.low:.3f}", fill=white, font=font)
     draw.text(
         (mark, y1 + 2), f"{scale.threshold:.3f} region", fill=CONTOUR_COLOUR, font=font, anchor="ma"
