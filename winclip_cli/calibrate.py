@@ -24,7 +24,7 @@ from .prompts import PromptSet, clean_class_name, resolve_prompts
 from .tiling import TileGrid
 
 if TYPE_CHECKING:
-    from .cache import ReferenceBank
+    from .bank import ReferenceBank
     from .model import WinClip
     from .progress import Reporter
 

@@ -24,7 +24,8 @@ from .atomic import atomic_write
 from .data import InputImage
 from .datasets import CategoryData, TestSample, discover, is_dataset_file, load_mask
 from .engines import ImageResult
-from .engines.local import LocalEngine, Scorer
+from .engines.local import LocalEngine
+from .engines.scorer import Scorer
 from .errors import DatasetError, ExitCode, ImageReadError, UsageError
 from .metrics import COLUMN_TITLES, DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
 from .options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
@@ -37,7 +38,7 @@ from .tiling import TileGrid, TileGridError
 if TYPE_CHECKING:
     import torch
 
-    from .cache import ReferenceBank
+    from .bank import ReferenceBank
     from .model import WinClip
 
 SCORES_HEADER = ("category", "k", "seed", "path", "label", "score")

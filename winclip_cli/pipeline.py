@@ -22,7 +22,8 @@ from .data import InputImage, open_image
 from .decision import ANOMALOUS, CalibratedRule, label_of
 from .engines import Engine, ImageResult
 from .engines.anomalous import AnomalousMapsEngine
-from .engines.local import LocalEngine, Scorer
+from .engines.local import LocalEngine
+from .engines.scorer import Scorer
 from .errors import ExitCode, ImageReadError, Interrupted, OutputError, UsageError
 from .interrupts import CriticalSection, interruptible
 from .model import WinClip
@@ -202,7 +203,7 @@ def make_engine(p: Plan, scorer: Scorer, reporter: Reporter) -> Engine:
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:
     """The model (loaded unless given), the class's text embeddings and the bank."""
 
-    from .cache import save_bank
+    from .bank import save_bank
     from .errors import BankMismatchError
 
     opts, m = p.opts, p.opts.model

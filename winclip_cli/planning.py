@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .cache import ReferenceBank
+from .bank import ReferenceBank
 from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
 from .errors import BankFileError, PromptFileError, UsageError
@@ -148,7 +148,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _read_bank_file(path: Path) -> ReferenceBank:
-    from .cache import load_bank
+    from .bank import load_bank
 
     try:
         return load_bank(path)

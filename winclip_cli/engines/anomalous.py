@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from ..decision import ANOMALOUS
 from . import ImageResult
-from .local import LocalEngine, Scorer
+from .local import LocalEngine
+from .scorer import Scorer
 
 if TYPE_CHECKING:
     from ..data import InputImage

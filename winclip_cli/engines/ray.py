@@ -34,7 +34,7 @@ from . import ImageResult
 if TYPE_CHECKING:
     from ..data import InputImage
     from ..planning import Plan
-    from .local import Scorer
+    from .scorer import Scorer
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'winclip[ray]'"
 CONNECT_TIMEOUT_S = 5.0  # an unreachable cluster is an answer within seconds, not a hang
@@ -127,7 +127,7 @@ class RayEngine:
     """Results from a Ray actor pool of ``workers`` actors, in input order."""
 
     def __init__(self, p: Plan, scorer: Scorer) -> None:
-        from ..cache import bank_payload
+        from ..bank import bank_payload
 
         opts = p.opts
         self.batch_size = opts.batch_size

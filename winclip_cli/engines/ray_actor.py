@@ -42,9 +42,10 @@ class Predictor:
             self.fatal = " ".join(str(exc).split()) or type(exc).__name__
 
     def _load(self, setup: dict[str, Any]) -> Any:
-        from ..cache import bank_from_payload
+        from ..bank import bank_from_payload
         from ..model import WinClip
-        from .local import LocalEngine, Scorer
+        from .local import LocalEngine
+        from .scorer import Scorer
 
         if "WINCLIP_TEST_ACTOR_LOAD_FAIL" in self.hooks:
             raise RuntimeError("weights not found on this node (test hook)")
