@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from winclip_cli import evaluate
-from winclip_cli.evaluate import DatasetError, discover, load_mask, run_evaluation
+from winclip_cli.commands import evaluate
+from winclip_cli.commands.evaluate import DatasetError, discover, load_mask, run_evaluation
 from winclip_cli.metrics import METRIC_KEYS, image_metrics
 from winclip_cli.model import upsample
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from ..data import Batch, InputImage, batches
+from ..errors import UsageError
+from ..options import RunOptions
 from ..tiling import Box, TileGrid
-from . import ImageResult
+from . import EngineSpec, ImageResult
 from .scorer import Scorer, tiled_result
 
 
@@ -126,3 +129,20 @@ class LocalEngine:
             f"the model input ({w}x{h}) and are upsampled: tiling these images gains little; "
             "use fewer --tiles"
         )
+
+
+def check(opts: RunOptions) -> None:
+    """Options the local engine refuses: the Ray ones."""
+    if opts.ray.given:
+        raise UsageError(f"{opts.ray.given[0]} needs --engine ray")
+
+
+@contextmanager
+def session(spec: EngineSpec) -> Iterator[None]:
+    """Nothing to connect to."""
+    yield
+
+
+def build(spec: EngineSpec, scorer: Scorer, warn: Callable[[str], None]) -> LocalEngine:
+    """The local engine of ``spec``, on ``scorer``."""
+    return LocalEngine(scorer, spec.batch_size, spec.workers, spec.grid, warn)

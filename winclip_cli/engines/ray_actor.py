@@ -14,9 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from ..bank import bank_from_payload
 from ..data import InputImage
+from ..model import WinClip
 from ..tiling import TileGrid
 from . import ImageResult
+from .local import LocalEngine
+from .scorer import Scorer
 
 
 class Predictor:
@@ -34,7 +38,7 @@ class Predictor:
         torch.set_num_threads(1)  # one core per actor (num_cpus=1): no oversubscription
         self.hooks: dict[str, str] = setup["hooks"]
         self.maps: bool = setup["maps"]
-        self.grid = TileGrid.parse(*setup["tiles"])
+        self.grid: TileGrid = setup["grid"]
         self.fatal = ""
         try:
             self.engine = self._load(setup)
@@ -42,11 +46,6 @@ class Predictor:
             self.fatal = " ".join(str(exc).split()) or type(exc).__name__
 
     def _load(self, setup: dict[str, Any]) -> Any:
-        from ..bank import bank_from_payload
-        from ..model import WinClip
-        from .local import LocalEngine
-        from .scorer import Scorer
-
         if "WINCLIP_TEST_ACTOR_LOAD_FAIL" in self.hooks:
             raise RuntimeError("weights not found on this node (test hook)")
         wc = WinClip.from_options(setup["model"], setup["prompts"])

@@ -16,11 +16,9 @@ exceptions. Depends on Pillow, numpy and the standard library only.
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import html
 import io
-import json
 import math
 import os
 import re
@@ -35,10 +33,9 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageOps
 
-from .atomic import atomic_write
-from .errors import UsageError
+from .rows import cell_text
 
-__all__ = ["ReportSummary", "build_report", "read_rows", "render_report"]
+__all__ = ["ReportSummary", "render_page", "render_report"]
 
 THUMB_SIDE = 320  # longest side of an embedded thumbnail, pixels
 THUMB_QUALITY = 80  # JPEG quality of thumbnails
@@ -65,112 +62,6 @@ class ReportSummary:
 
 
 # ----- reading rows --------------------------------------------------------------------
-
-
-def _cell(value: object) -> str:
-    """A JSON value as the string a CSV cell would hold."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _as_text(row: dict) -> dict[str, str]:
-    """A row as strings; a run's own rows may hold numbers (printed as in the CSV) or None."""
-    if all(isinstance(v, str) for v in row.values()):
-        return row
-    return {str(k): f"{v:.6f}" if isinstance(v, float) else _cell(v) for k, v in row.items()}
-
-
-def _parse_jsonl(text: str, name: str, notes: list[str]) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            notes.append(f"{name}: line {number} is not JSON, skipped")
-            continue
-        if not isinstance(record, dict):
-            notes.append(f"{name}: line {number} is not a JSON object, skipped")
-            continue
-        rows.append({str(k): _cell(v) for k, v in record.items()})
-    return rows
-
-
-def _parse_csv(text: str, name: str, notes: list[str]) -> list[dict[str, str]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error):
-        notes.append(f"{name}: no CSV header, skipped")
-        return []
-    rows: list[dict[str, str]] = []
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            notes.append(f"{name}: line {reader.line_num}: {exc}, skipped")
-            continue
-        if not record or record == header:  # a blank line, or a shard's header repeated
-            continue
-        if len(record) != len(header):
-            notes.append(
-                f"{name}: line {reader.line_num} has {len(record)} fields, "
-                f"the header {len(header)}: skipped"
-            )
-            continue
-        rows.append(dict(zip(header, record, strict=True)))
-    return rows
-
-
-def _read_one(path: Path, notes: list[str]) -> list[dict[str, str]]:
-    name = str(path)
-    try:
-        raw = path.read_bytes()
-    except (OSError, ValueError) as exc:
-        notes.append(f"{name}: cannot be read ({exc.__class__.__name__}: {exc})")
-        return []
-    text = raw.decode("utf-8", errors="surrogateescape")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if not text.strip():
-        notes.append(f"{name}: empty file, no rows")
-        return []
-    first = next(line for line in text.split("\n") if line.strip()).lstrip()
-    if first.startswith("{"):
-        rows = _parse_jsonl(text, name, notes)
-    else:
-        try:
-            header = next(csv.reader([first]))
-        except csv.Error:
-            header = []
-        if "path" not in header:
-            notes.append(f"{name}: neither CSV with a 'path' column nor JSON lines, skipped")
-            return []
-        rows = _parse_csv(text, name, notes)
-    if not rows:
-        notes.append(f"{name}: no rows")
-    return rows
-
-
-def read_rows(paths: Sequence[Path]) -> tuple[list[dict[str, str]], list[str]]:
-    """Rows of several rows files, concatenated in the given order, and notes about
-    anything that could not be read. Each file is CSV with a header or JSON lines
-    (detected per file); a bad line or file becomes a note, never an exception."""
-    rows: list[dict[str, str]] = []
-    notes: list[str] = []
-    for path in paths:
-        rows.extend(_read_one(Path(path), notes))
-    return rows, notes
 
 
 # ----- text and numbers ------------------------------------------------------------------
@@ -701,7 +592,7 @@ CONTENT_POLICY = (
 )
 
 
-def _render(
+def render_page(
     rows: list[dict[str, str]],
     notes: list[str],
     *,
@@ -893,7 +784,7 @@ def render_report(
     Links are relative to ``output``'s folder (else the current one); relative paths in
     rows are looked up from the current folder, then ``search_dirs``. Notes found on the
     way (a missing overlay) are listed in the page."""
-    text, _cards, _notes = _render(
+    text, _cards, _notes = render_page(
         rows,
         list(notes),
         output=output,
@@ -911,45 +802,8 @@ def render_report(
     return text
 
 
-def build_report(
-    rows_files: Sequence[Path],
-    output: Path,
-    *,
-    gallery: int = DEFAULT_GALLERY,
-    run_info: dict[str, str] | None = None,
-    calibration_scores: list[float] | None = None,
-    threshold: float | None = None,
-    incomplete: bool = False,
-    title: str | None = None,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    elapsed: float | None = None,
-) -> ReportSummary:
-    """Read ``rows_files`` (in order) and write the report to ``output`` (replaced whole,
-    through a temporary file). Raises UsageError when ``output`` is one of the rows
-    files, OSError when it cannot be written; anything wrong in the rows is a note."""
-    output = Path(output)
-    rows_files = [Path(p) for p in rows_files]
-    for path in rows_files:
-        if output.exists() and path.exists() and os.path.samefile(path, output):
-            raise UsageError(f"the report {output} would replace its rows file {path}")
-    rows, notes = read_rows(rows_files)
-    search_dirs = list(dict.fromkeys(Path(os.path.abspath(p)).parent for p in rows_files))
-    text, cards, notes = _render(
-        rows,
-        notes,
-        output=output,
-        search_dirs=search_dirs,
-        gallery=gallery,
-        run_info=run_info,
-        calibration_scores=calibration_scores,
-        threshold=threshold,
-        incomplete=incomplete,
-        title=title,
-        workers=workers,
-        progress=progress,
-        elapsed=elapsed,
-    )
-    data = text.encode("utf-8", errors="replace")
-    atomic_write(output, lambda f: f.write(data))
-    return ReportSummary(rows=len(rows), cards=cards, notes=notes, bytes=len(data))
+def _as_text(row: dict) -> dict[str, str]:
+    """A row as strings; a run's own rows may hold numbers (printed as in the CSV) or None."""
+    if all(isinstance(v, str) for v in row.values()):
+        return row
+    return {str(k): f"{v:.6f}" if isinstance(v, float) else cell_text(v) for k, v in row.items()}

@@ -20,26 +20,29 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_write
-from .data import InputImage
-from .datasets import CategoryData, TestSample, discover, is_dataset_file, load_mask
-from .engines import ImageResult
-from .engines.local import LocalEngine
-from .engines.scorer import Scorer
-from .errors import DatasetError, ExitCode, ImageReadError, UsageError
-from .metrics import COLUMN_TITLES, DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
-from .options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
-from .paper import DATASET_NAMES, compare_with_paper, format_comparison
-from .prompts import PromptSet
-from .references import pick_references
-from .rows import ENCODING_ERRORS, csv_line
-from .tiling import TileGrid, TileGridError
+from ..atomic import atomic_write
+from ..checks import check_class_name, check_model_options, prompt_file, tile_grid
+from ..data import InputImage
+from ..datasets import CategoryData, TestSample, discover, is_dataset_file, load_mask
+from ..engines import ImageResult
+from ..engines.local import LocalEngine
+from ..engines.scorer import Scorer
+from ..errors import DatasetError, ExitCode, ImageReadError, UsageError
+from ..metrics import COLUMN_TITLES, DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
+from ..options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
+from ..paper import DATASET_NAMES, compare_with_paper, format_comparison
+from ..paths import check_writable_file, refuse_overwriting
+from ..pipeline import reference_pixels
+from ..prompts import PromptSet
+from ..references import calibration_images, pick_references
+from ..rows import ENCODING_ERRORS, csv_line
+from ..tiling import TileGrid, TileGridError
 
 if TYPE_CHECKING:
     import torch
 
-    from .bank import ReferenceBank
-    from .model import WinClip
+    from ..bank import ReferenceBank
+    from ..model import WinClip
 
 SCORES_HEADER = ("category", "k", "seed", "path", "label", "score")
 
@@ -120,8 +123,6 @@ class _Engine:
         return LocalEngine(scorer, self.batch_size, self.workers, self.grid, warn)
 
     def bank(self, refs: list[Path]) -> ReferenceBank | None:
-        from .pipeline import reference_pixels
-
         if not refs:
             return None
         try:
@@ -148,7 +149,7 @@ def _tiled_eval_map(result: ImageResult, size: tuple[int, int]) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from .outputs import full_map
+    from ..outputs import full_map
 
     assert result.size is not None
     width, height = result.size
@@ -178,7 +179,7 @@ def _evaluate_run(
     progress: Callable[[EvalProgress], None] | None,
 ) -> dict[str, Any]:
     """Scores and metrics of one run; writes its rows to the scores CSV writer ``rows``."""
-    from .scoring import upsample
+    from ..scoring import upsample
 
     wc = engine.wc
     refs = draw_references(run.data, run.k, run.seed) if run.k else []
@@ -248,7 +249,6 @@ CAL_TITLES = {"far": "FAR", "tpr": "TPR", "threshold": "thresh", "n_cal": "n_cal
 
 def _calibration_set(data: CategoryData, refs: list[Path]) -> list[InputImage]:
     """train/good minus this run's references (also copies of them), each file once."""
-    from .calibrate import calibration_images
 
     def image(p: Path) -> InputImage:
         return InputImage(p, str(p), str(p))
@@ -262,8 +262,8 @@ def _calibrated_rates(
 ) -> dict[str, Any]:
     """Calibrate on train/good (minus the references) at rate A; the realised false-alarm
     rate on test/good and the detection rate on the test defects."""
-    from .calibration import Calibration
-    from .decision import ANOMALOUS, CalibratedRule
+    from ..calibration import Calibration
+    from ..decision import ANOMALOUS, CalibratedRule
 
     assert run.calibrate is not None
     images = _calibration_set(run.data, refs)
@@ -286,8 +286,8 @@ def _calibrated_rates(
 
 def _check_calibration_sizes(found: list[CategoryData], shots: list[int], alpha: float) -> None:
     """Enough training normals for rate A in every run, before any model time is spent."""
-    from .calibration import conformal_rank
-    from .errors import CalibrationError
+    from ..calibration import conformal_rank
+    from ..errors import CalibrationError
 
     for data in found:
         for k in shots:
@@ -450,15 +450,6 @@ def run_evaluation(
 
 def check_eval_options(opts: EvalOptions) -> PromptSet:
     """Every check that needs no model (UsageError, DatasetError); returns the prompts."""
-    from .planning import (
-        check_class_name,
-        check_model_options,
-        check_writable_file,
-        prompt_file,
-        refuse_overwriting,
-        tile_grid,
-    )
-
     if opts.compare not in (None, "paper"):
         raise UsageError(f"--compare {opts.compare!r}: the only comparison is 'paper'")
     if opts.seeds < 1 or any(shot < 0 for shot in opts.shots):
@@ -492,7 +483,7 @@ def evaluate_command(
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> int:
     """`winclip eval`: check, load the model, evaluate; returns the exit code."""
-    from .model import WinClip
+    from ..model import WinClip
 
     prompts = check_eval_options(opts)  # before paying for the model
     wc = WinClip.from_options(opts.model, prompts)
