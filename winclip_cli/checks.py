@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .bank import ReferenceBank
+from .backbone import resolve_device, resolve_precision
+from .bank import ReferenceBank, load_bank
 from .engines.registry import check_engine
 from .errors import BankFileError, PromptFileError, UsageError
 from .options import (
@@ -19,20 +19,13 @@ from .options import (
 )
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .rows import FORMATS
+from .scoring import check_temperature
 from .shards import parse_shard
 from .tiling import TileGrid, describe_grid, grid_of_meta, same_grid
 
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 def read_bank_file(path: Path) -> ReferenceBank:
-    from .bank import load_bank
-
+    """The bank file of --ref FILE; UsageError (exit 2) when it is not one."""
     try:
         return load_bank(path)
     except BankFileError as exc:
@@ -55,8 +48,6 @@ def prompt_file(model: ModelOptions) -> Path | None:
 
 def check_model_options(model: ModelOptions) -> PromptSet:
     """Model options that can be checked without loading it; returns the prompt set."""
-    from .backbone import resolve_device, resolve_precision
-    from .scoring import check_temperature
 
     if model.temperature is not None:
         try:

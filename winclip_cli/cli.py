@@ -1,7 +1,9 @@
-"""The `winclip` command line: options -> one pipeline call -> exit code.
+"""The `winclip` command line: each command is a table of its options (declared once,
+in cli_options.py) and one call into commands/; `_run` is the one error boundary, where
+every outcome becomes its documented exit code.
 
-Heavy imports (torch, open_clip) happen inside the commands, so `--help` and
-`--version` answer at once.
+The commands are imported when they run, not here: they pull in torch, and `--help` and
+`--version` must answer at once.
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
@@ -15,71 +17,77 @@ from typing import Annotated, Any
 
 import typer
 
-from . import __version__
-from .cli_options import (
-    BatchOpt,
-    CacheOpt,
+from .cli_command_options import (
     CalibrateOpt,
-    CalibrationOpt,
     CalKOpt,
     CalOutputOpt,
     CalPathsOpt,
     CalRefOpt,
     CalSeedOpt,
     CategoryOpt,
-    ClassOpt,
     CompareOpt,
-    DeviceOpt,
     DownloadModelOpt,
     DownloadPretrainedOpt,
-    EngineOpt,
     EvalClassOpt,
     EvalKOpt,
+    GalleryOpt,
+    JsonPathOpt,
+    LayoutOpt,
+    ReportOutputOpt,
+    RootOpt,
+    RowsOpt,
+    ScoresOpt,
+    SeedsOpt,
+    TitleOpt,
+)
+from .cli_options import (
+    BatchOpt,
+    CacheOpt,
+    ClassOpt,
+    DeviceOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    PromptsOpt,
+    QuietOpt,
+    TemperatureOpt,
+    TileOverlapOpt,
+    TilesOpt,
+    VerboseOpt,
+    WeightsOpt,
+    WorkersOpt,
+    model_options,
+    run_options,
+)
+from .cli_run_options import (
+    SCORING_HELP,
+    CalibrationOpt,
+    EngineOpt,
     FailOnAnomalyOpt,
     FalseAlarmRateOpt,
     FmtOpt,
-    GalleryOpt,
-    JsonPathOpt,
     KOpt,
-    LayoutOpt,
     MapDtypeOpt,
     MapsModeOpt,
-    ModelOpt,
     OutOpt,
     OutputOpt,
     OverlayFormatOpt,
     OverlayMaxSideOpt,
     PathsOpt,
-    PrecisionOpt,
-    PretrainedOpt,
-    PromptsOpt,
-    QuietOpt,
     RayAddressOpt,
     RayGpusPerWorkerOpt,
     RayWorkersOpt,
     RefOpt,
     ReportOpt,
-    ReportOutputOpt,
     ResumeOpt,
     RetryErrorsOpt,
-    RootOpt,
-    RowsOpt,
     SaveBankOpt,
     SaveMapsOpt,
     SaveMasksOpt,
-    ScoresOpt,
     SeedOpt,
-    SeedsOpt,
     SettleOpt,
     ShardOpt,
-    TemperatureOpt,
     ThresholdOpt,
-    TileOverlapOpt,
-    TilesOpt,
-    TitleOpt,
-    VerboseOpt,
-    WeightsOpt,
-    WorkersOpt,
 )
 from .errors import ExitCode, Interrupted, WinclipError
 from .options import (
@@ -92,13 +100,12 @@ from .options import (
     DEFAULT_SETTLE,
     DEFAULT_TILE_OVERLAP,
     DEFAULT_TILES,
-    LOCAL_DIR,
     CalibrateOptions,
-    ModelOptions,
-    RayOptions,
-    RunOptions,
+    EvalOptions,
 )
+from .progress import Reporter
 from .rows import discard_stdout
+from .version import __version__
 
 app = typer.Typer(
     name="winclip",
@@ -153,18 +160,9 @@ def _given(ctx: typer.Context) -> frozenset[str]:
     )
 
 
-def _fail(message: str, code: ExitCode) -> typer.Exit:
-    from .progress import Reporter
-
-    Reporter().error(message)
-    return typer.Exit(int(code))
-
-
 def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
     """Run ``action(reporter)`` and turn every outcome into the documented exit code:
     the one place where errors become messages and codes."""
-    from .progress import Reporter
-
     reporter = Reporter(quiet=quiet)
     # Library warnings (a cache that can't be written, torch's advice) are messages like
     # ours: through the reporter, one line, silenced by --quiet.
@@ -192,19 +190,6 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
         reporter.error(f"internal error: {type(exc).__name__}: {exc} (--verbose shows details)")
         code = ExitCode.INTERNAL
     raise typer.Exit(int(code))
-
-
-HELP = {
-    "score": "Anomaly score per image (zero-shot; WinCLIP+ with --ref).\n\n"
-    "Zero-shot: one forward pass per image, no windows (the fastest command). With --ref "
-    "it runs the windows as segment does, at segment's speed (about 12x slower).",
-    "segment": "Anomaly map per image: a heatmap overlay PNG in --out, plus the score rows.\n\n"
-    "Cost: the windowed passes (about 12x score's single pass). Zero-shot by default; "
-    "--ref DIR --k N for WinCLIP+ (few-shot).",
-    "fewshot": "WinCLIP+ scores and overlays from K known-good reference images (--ref).\n\n"
-    "Cost: as segment, plus building the bank from K images once (or reading a bank). "
-    "--ref is a folder of normal images or a bank saved earlier with --save-bank.",
-}
 
 
 def _scoring_command(mode: str) -> Callable[..., None]:
@@ -257,45 +242,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
     ) -> None:
         from .commands.run import run
 
-        options = RunOptions(
-            inputs=list(paths) if paths else [Path(".")],
-            class_name=class_name,
-            maps=mode != "score",
-            require_ref=mode == "fewshot",
-            ref=ref,
-            k=k,
-            seed=seed,
-            save_bank=save_bank,
-            out_dir=out,
-            save_maps=save_maps,
-            map_dtype=map_dtype,
-            overlay_format=overlay_format,
-            overlay_max_side=overlay_max_side,
-            batch_size=batch_size,
-            workers=workers,
-            tiles=tiles,
-            tile_overlap=tile_overlap,
-            output=output,
-            fmt=fmt,
-            threshold=threshold,
-            fail_on_anomaly=fail_on_anomaly,
-            resume=resume,
-            report=report,
-            command=mode,
-            calibration=calibration,
-            false_alarm_rate=false_alarm_rate,
-            save_masks=save_masks,
-            maps_mode=maps_mode,
-            retry_errors=retry_errors,
-            settle=settle,
-            shard=shard,
-            engine=engine,
-            ray=RayOptions(ray_address, ray_workers, ray_gpus_per_worker),
-            model=ModelOptions(
-                model, pretrained, weights, device, precision, prompts, temperature, cache_dir
-            ),
-            given=_given(ctx),
-        )
+        options = run_options(mode, ctx.params, _given(ctx))
         _run(lambda reporter: run(options, reporter), quiet, verbose)
 
     if mode == "score":  # score makes no images: hide the image options from its help
@@ -304,7 +251,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         hidden.add("overlay_max_side")
         keep = [p for p in signature.parameters.values() if p.name not in hidden]
         command.__signature__ = signature.replace(parameters=keep)  # type: ignore[attr-defined]  # Typer reads it
-    command.__doc__ = HELP[mode]
+    command.__doc__ = SCORING_HELP[mode]
     return command
 
 
@@ -314,6 +261,7 @@ for _mode in ("score", "segment", "fewshot"):
 
 @app.command("calibrate")
 def calibrate_command(
+    ctx: typer.Context,
     paths: CalPathsOpt,
     output: CalOutputOpt,
     class_name: ClassOpt = DEFAULT_CLASS,
@@ -353,15 +301,14 @@ def calibrate_command(
         workers=workers,
         tiles=tiles,
         tile_overlap=tile_overlap,
-        model=ModelOptions(
-            model, pretrained, weights, device, precision, prompts, temperature, cache_dir
-        ),
+        model=model_options(ctx.params),
     )
     _run(lambda reporter: run_calibrate(options, reporter), quiet, verbose)
 
 
 @app.command("eval")
 def eval_command(
+    ctx: typer.Context,
     root: RootOpt,
     layout: LayoutOpt = "auto",
     category: CategoryOpt = None,
@@ -391,8 +338,6 @@ def eval_command(
 
     The table goes to stderr; --json and --scores keep every figure.
     """
-    from .options import EvalOptions
-
     options = EvalOptions(
         root=root,
         layout=layout,
@@ -408,22 +353,12 @@ def eval_command(
         workers=workers,
         tiles=tiles,
         tile_overlap=tile_overlap,
-        model=ModelOptions(
-            model, pretrained, weights, device, precision, prompts, temperature, cache_dir
-        ),
+        model=model_options(ctx.params),
     )
 
-    def action(reporter: Any) -> int:
-        from .commands.evaluate import evaluate_command
+    from .commands.evaluate import eval_with_progress
 
-        def progress(p: Any) -> None:
-            if p.done == p.total:
-                reporter.info(f"{p.category} k={p.k} seed={p.seed}: {p.total} images")
-
-        table = None if quiet else reporter.stream
-        return evaluate_command(options, table_stream=table, progress=progress)
-
-    _run(action, quiet, verbose)
+    _run(lambda reporter: eval_with_progress(options, reporter, quiet), quiet, verbose)
 
 
 @app.command("report")
@@ -439,29 +374,9 @@ def report_command(
 
     Opens offline; thumbnails are embedded; works without JavaScript."""
 
-    def action(reporter: Any) -> int:
-        from .commands.report import build_report
-        from .errors import UsageError
-        from .paths import check_writable_file
+    from .commands.report import report_command as report
 
-        if gallery < 0:
-            raise UsageError("--gallery must be 0 or more")
-        missing = [str(p) for p in rows if not p.is_file()]
-        if missing:
-            raise UsageError(f"rows file not found: {missing[0]}")
-        check_writable_file(output)
-        try:
-            summary = build_report(
-                rows, output, gallery=gallery, title=title, progress=reporter.counter("thumbnails")
-            )
-        finally:
-            reporter.stop()
-        for note in summary.notes:
-            reporter.warn(note)
-        reporter.info(f"{summary.rows} row(s), {summary.cards} card(s): {output}")
-        return ExitCode.OK
-
-    _run(action, quiet, verbose)
+    _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose)
 
 
 @app.command()
@@ -470,16 +385,9 @@ def download(
     pretrained: DownloadPretrainedOpt = DEFAULT_PRETRAINED,
 ) -> None:
     """Fetch weights into the local cache, for later offline runs."""
-    from .backbone import fetch_pretrained
-    from .errors import WeightsUnavailableError
+    from .commands.download import download_weights
 
-    if model.startswith(LOCAL_DIR):
-        raise _fail(f"nothing to download: {model} is read from its folder", ExitCode.USAGE)
-    try:
-        path = fetch_pretrained(model, pretrained)
-    except WeightsUnavailableError as exc:
-        raise _fail(str(exc), exc.exit_code) from None
-    typer.echo(str(path))
+    _run(lambda _reporter: download_weights(model, pretrained), quiet=False, verbose=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .atomic import atomic_write
 from .errors import UsageError
+from .version import __version__
 
 SUFFIX = ".manifest.json"
 FORMAT = "winclip-run-manifest"

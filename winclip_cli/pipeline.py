@@ -14,6 +14,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from .bank import save_bank
 from .data import InputImage, decode_tiles, open_image
 from .decision import CalibratedRule
@@ -167,7 +169,6 @@ def reference_pixels(wc: WinClip, paths: list[Path], grid: TileGrid) -> torch.Te
     """The model inputs of the reference images: one per image untiled; tiled, every tile
     of each reference (tiled on its own size), K*R*C in all. Raises ImageReadError or
     TileGridError (a reference the grid does not fit, naming it)."""
-    import torch
 
     if grid.is_single:
         return torch.stack([wc.preprocess(open_image(path)) for path in paths])

@@ -27,6 +27,7 @@ from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
 from .engines import EngineSpec
 from .errors import UsageError
+from .manifest import manifest_path
 from .options import (
     DEFAULT_K,
     LOCAL_DIR,
@@ -43,12 +44,6 @@ from .rows import RowsFile, columns
 from .settings import RunFacts, apply_to_options, load_for_run, run_settings
 from .shards import parse_shard, shard_of
 from .tiling import TileGrid
-
-if TYPE_CHECKING:
-    from .calibration import Calibration
-
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .calibration import Calibration
@@ -103,8 +98,6 @@ class Plan:
         """Release the -o file (removed again, with its manifest, when this run created it
         and wrote nothing)."""
         if self.rows_file is not None and self.rows_file.release():
-            from .manifest import manifest_path
-
             manifest_path(self.rows_file.path).unlink(missing_ok=True)
 
     @property

@@ -16,26 +16,34 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..atomic import atomic_write
+from ..calibration import Calibration, conformal_rank
 from ..checks import check_class_name, check_model_options, prompt_file, tile_grid
 from ..data import InputImage
 from ..datasets import CategoryData, TestSample, discover, is_dataset_file, load_mask
+from ..decision import ANOMALOUS, CalibratedRule
 from ..engines import ImageResult
 from ..engines.local import LocalEngine
 from ..engines.scorer import Scorer
-from ..errors import DatasetError, ExitCode, ImageReadError, UsageError
+from ..errors import CalibrationError, DatasetError, ExitCode, ImageReadError, UsageError
 from ..metrics import COLUMN_TITLES, DEFAULT_BINS, METRIC_KEYS, PixelMetrics, image_metrics
+from ..model import WinClip
 from ..options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
+from ..outputs import full_map
 from ..paper import DATASET_NAMES, compare_with_paper, format_comparison
 from ..paths import check_writable_file, refuse_overwriting
 from ..pipeline import reference_pixels
+from ..progress import Reporter
 from ..prompts import PromptSet
 from ..references import calibration_images, pick_references
 from ..rows import ENCODING_ERRORS, csv_line
+from ..scoring import upsample
 from ..tiling import TileGrid, TileGridError
 
 if TYPE_CHECKING:
@@ -146,10 +154,6 @@ def eval_size(
 
 def _tiled_eval_map(result: ImageResult, size: tuple[int, int]) -> np.ndarray:
     """A tiled result's stitched map (at the image's size), resized to ``size``."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..outputs import full_map
 
     assert result.size is not None
     width, height = result.size
@@ -179,7 +183,6 @@ def _evaluate_run(
     progress: Callable[[EvalProgress], None] | None,
 ) -> dict[str, Any]:
     """Scores and metrics of one run; writes its rows to the scores CSV writer ``rows``."""
-    from ..scoring import upsample
 
     wc = engine.wc
     refs = draw_references(run.data, run.k, run.seed) if run.k else []
@@ -227,8 +230,6 @@ def _evaluate_run(
         labels.append(sample.label)
         scores.append(result.score)
         if len(chunk_maps) == engine.batch_size or index + 1 == total:
-            import torch
-
             maps = upsample(torch.stack(chunk_maps), wc.input_size).numpy()
             pixels.update(maps, np.stack(chunk_masks))
             chunk_maps, chunk_masks = [], []
@@ -262,8 +263,6 @@ def _calibrated_rates(
 ) -> dict[str, Any]:
     """Calibrate on train/good (minus the references) at rate A; the realised false-alarm
     rate on test/good and the detection rate on the test defects."""
-    from ..calibration import Calibration
-    from ..decision import ANOMALOUS, CalibratedRule
 
     assert run.calibrate is not None
     images = _calibration_set(run.data, refs)
@@ -286,8 +285,6 @@ def _calibrated_rates(
 
 def _check_calibration_sizes(found: list[CategoryData], shots: list[int], alpha: float) -> None:
     """Enough training normals for rate A in every run, before any model time is spent."""
-    from ..calibration import conformal_rank
-    from ..errors import CalibrationError
 
     for data in found:
         for k in shots:
@@ -483,7 +480,6 @@ def evaluate_command(
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> int:
     """`winclip eval`: check, load the model, evaluate; returns the exit code."""
-    from ..model import WinClip
 
     prompts = check_eval_options(opts)  # before paying for the model
     wc = WinClip.from_options(opts.model, prompts)
@@ -604,3 +600,15 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(name.ljust(width) + "".join(c.rjust(cell) for c in cells))
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def eval_with_progress(opts: EvalOptions, reporter: Reporter, quiet: bool) -> int:
+    """`winclip eval` from the command line: a line per finished run, the table on stderr
+    (none with --quiet)."""
+
+    def progress(p: EvalProgress) -> None:
+        if p.done == p.total:
+            reporter.info(f"{p.category} k={p.k} seed={p.seed}: {p.total} images")
+
+    table = None if quiet else cast("IO[str]", reporter.stream)
+    return evaluate_command(opts, table_stream=table, progress=progress)

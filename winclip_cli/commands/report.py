@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..atomic import atomic_write
-from ..errors import UsageError
+from ..errors import ExitCode, UsageError
 from ..htmlreport import DEFAULT_GALLERY, ReportSummary, render_page
+from ..paths import check_writable_file
+from ..progress import Reporter
 from ..rows import FORMATS
 
 
@@ -91,3 +93,25 @@ def build_report(
     data = text.encode("utf-8", errors="replace")
     atomic_write(output, lambda f: f.write(data))
     return ReportSummary(rows=len(rows), cards=cards, notes=notes, bytes=len(data))
+
+
+def report_command(
+    rows: Sequence[Path], output: Path, gallery: int, title: str | None, reporter: Reporter
+) -> ExitCode:
+    """`winclip report`: check the arguments, write the report, say what it holds."""
+    if gallery < 0:
+        raise UsageError("--gallery must be 0 or more")
+    missing = [str(p) for p in rows if not p.is_file()]
+    if missing:
+        raise UsageError(f"rows file not found: {missing[0]}")
+    check_writable_file(output)
+    try:
+        summary = build_report(
+            rows, output, gallery=gallery, title=title, progress=reporter.counter("thumbnails")
+        )
+    finally:
+        reporter.stop()
+    for note in summary.notes:
+        reporter.warn(note)
+    reporter.info(f"{summary.rows} row(s), {summary.cards} card(s): {output}")
+    return ExitCode.OK

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from ..bank import bank_payload
 from ..errors import ClusterError, MissingDependencyError, UsageError
@@ -171,7 +172,6 @@ class RayEngine:
     def predict(self, images: Sequence[InputImage]) -> Iterator[ImageResult]:
         """One result per image, in input order, as Ray delivers them."""
         import ray.data
-        import torch
 
         if not images:
             return

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..bank import bank_from_payload
 from ..data import InputImage
@@ -33,7 +34,6 @@ class Predictor:
     """
 
     def __init__(self, setup: dict[str, Any]) -> None:
-        import torch
 
         torch.set_num_threads(1)  # one core per actor (num_cpus=1): no oversubscription
         self.hooks: dict[str, str] = setup["hooks"]
