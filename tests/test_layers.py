@@ -4,6 +4,7 @@ it is keeps it, and one upward import, even one hidden inside a function, breaks
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,19 @@ def test_an_upward_import_breaks_the_layers(
     assert result.returncode != 0, result.stdout
     assert "0 kept, 1 broken" in result.stdout
     assert "is not allowed to import" in result.stdout
+
+
+def test_every_module_has_a_layer() -> None:
+    """A module in no layer escapes the contract: each new one must be placed."""
+    text = (REPO / "pyproject.toml").read_text()
+    listed = set(re.findall(r"winclip_cli(?:\.\w+)+", text.split("[tool.importlinter]")[1]))
+    package = REPO / "winclip_cli"
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        name = ".".join(parts)
+        if name == "winclip_cli":
+            continue
+        covered = any(name == m or name.startswith(m + ".") for m in listed)
+        assert covered, f"{name} is in no layer of pyproject.toml's import contract"
