@@ -14,8 +14,10 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from winclip_cli.commands import evaluate
-from winclip_cli.commands.evaluate import DatasetError, discover, load_mask, run_evaluation
+from winclip_cli.commands.eval_run import draw_references
+from winclip_cli.commands.evaluate import run_evaluation
+from winclip_cli.datasets import discover, load_mask
+from winclip_cli.errors import DatasetError
 from winclip_cli.metrics import METRIC_KEYS, image_metrics
 from winclip_cli.model import upsample
 
@@ -226,13 +228,13 @@ def test_load_mask_nearest_and_binarised(tmp_path):
 
 def test_draw_references_is_seeded(tmp_path):
     [data] = discover(make_mvtec(tmp_path / "mvtec", categories=("bottle",), train=6))
-    first = evaluate.draw_references(data, 2, seed=0)
-    assert first == evaluate.draw_references(data, 2, seed=0)
+    first = draw_references(data, 2, seed=0)
+    assert first == draw_references(data, 2, seed=0)
     assert len(set(first)) == 2 and set(first) <= set(data.train_good)
-    draws = {tuple(evaluate.draw_references(data, 2, seed=s)) for s in range(5)}
+    draws = {tuple(draw_references(data, 2, seed=s)) for s in range(5)}
     assert len(draws) > 1
     with pytest.raises(DatasetError, match="7-shot needs 7 training normal images, found 6"):
-        evaluate.draw_references(data, 7, seed=0)
+        draw_references(data, 7, seed=0)
 
 
 # ----- end to end ---------------------------------------------------------------------
@@ -350,6 +352,6 @@ def test_fewshot_and_eval_pick_the_same_references(tmp_path):
         opts = RunOptions(inputs=[root / "bottle" / "test"], ref=good, k=3, seed=seed)
         with plan(opts) as checked:
             fewshot = [image.path for image in checked.references.images]
-        assert fewshot == evaluate.draw_references(data, 3, seed)
+        assert fewshot == draw_references(data, 3, seed)
         differs |= seed is not None and fewshot != sorted(data.train_good)[:3]
     assert differs  # the seed matters, so the comparison above means something

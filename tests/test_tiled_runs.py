@@ -15,7 +15,7 @@ from PIL import Image
 from tests.test_cli import GOOD, PARTS, read_csv, run_runner
 from tests.test_evaluate import make_mvtec
 from winclip_cli.bank import load_bank
-from winclip_cli.commands.evaluate import eval_size
+from winclip_cli.commands.eval_run import eval_size
 from winclip_cli.engines import ImageResult
 from winclip_cli.engines.scorer import Scorer
 from winclip_cli.outputs import legend_scale, render_overlay

@@ -80,18 +80,26 @@ def histogram(scores: list[float], calibration: list[float] | None, threshold: f
     )
     if threshold is not None:
         x = left + (threshold - low) / (high - low) * plot_w
-        right_side = x < left + plot_w * 0.7  # the label beside the line, inside the plot
-        parts.append(
-            f'<line class="cut" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{axis_y}"/>'
-            f'<text class="cut-label" x="{x + (3 if right_side else -3):.1f}" y="{top - 10}" '
-            f'text-anchor="{"start" if right_side else "end"}">'
-            f"threshold {threshold:.6f}</text>"
-        )
+        parts.append(_cut(threshold, x, x < left + plot_w * 0.7, top, axis_y))
     parts.append("</svg>")
-    legend = ['<ul class="legend">', f'<li><span class="key bar-run"></span>run ({len(scores)})']
+    return "".join(parts) + _legend(len(scores), len(calibration), threshold)
+
+
+def _cut(threshold: float, x: float, right_side: bool, top: int, axis_y: int) -> str:
+    """The threshold's line, its label beside it (inside the plot: ``right_side``)."""
+    return (
+        f'<line class="cut" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{axis_y}"/>'
+        f'<text class="cut-label" x="{x + (3 if right_side else -3):.1f}" y="{top - 10}" '
+        f'text-anchor="{"start" if right_side else "end"}">'
+        f"threshold {threshold:.6f}</text>"
+    )
+
+
+def _legend(scores: int, calibration: int, threshold: float | None) -> str:
+    legend = ['<ul class="legend">', f'<li><span class="key bar-run"></span>run ({scores})']
     if calibration:
-        legend.append(f'<li><span class="key bar-cal"></span>calibration ({len(calibration)})')
+        legend.append(f'<li><span class="key bar-cal"></span>calibration ({calibration})')
     if threshold is not None:
         legend.append('<li><span class="key cut"></span>threshold')
     legend.append("</ul>")
-    return "".join(parts) + "".join(legend)
+    return "".join(legend)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .histogram import histogram
 from .report_parts import as_number, card, esc, rows_table, select
-from .rows import cell_text
+from .rows_salvage import cell_text
 from .thumbnails import make_thumbnails, resolve
 
 __all__ = ["ReportSummary", "render_page", "render_report"]

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from .atomic import atomic_write
 from .errors import FileBusyError
+from .rows_salvage import csv_salvage, header_of, jsonl_salvage
 
 try:
     import fcntl
@@ -132,6 +133,37 @@ def _jsonl_parse(text: str, cols: list[str], path: Path) -> list[dict[str, Any]]
             raise ValueError(f"{path} has other fields than this run would write")
         rows.append(record)
     return rows
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """How rows of one format are written and read back."""
+
+    header: Callable[[list[str]], str]  # text before the first row
+    encode: Callable[[dict[str, Any]], str]  # one record, ending in a newline
+    parse: Callable[[str, list[str], Path], list[dict[str, Any]]]  # finished rows
+    # Every readable row of any columns, as text; what is not readable becomes a note
+    # (text, file name, notes): the report's reading, which never fails.
+    salvage: Callable[[str, str, list[str]], list[dict[str, str]]]
+    looks_like: Callable[[str], bool]  # the first non-blank line is this format's
+
+
+FORMATS: dict[str, RowFormat] = {
+    "csv": RowFormat(
+        header=csv_line,
+        encode=lambda record: csv_line([_csv_cell(v) for v in record.values()]),
+        parse=_csv_parse,
+        salvage=csv_salvage,
+        looks_like=lambda first: "path" in header_of(first),
+    ),
+    "jsonl": RowFormat(
+        header=lambda _cols: "",
+        encode=lambda record: json.dumps(record, ensure_ascii=False) + "\n",
+        parse=_jsonl_parse,
+        salvage=jsonl_salvage,
+        looks_like=lambda first: first.lstrip().startswith("{"),
+    ),
+}
 
 
 def _rounded(value: float | None) -> float | None:
@@ -361,99 +393,3 @@ class RowsFile:
         if empty:
             self.path.unlink(missing_ok=True)
         return empty
-
-
-def cell_text(value: object) -> str:
-    """A JSON value as the string a CSV cell would hold."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _jsonl_salvage(text: str, name: str, notes: list[str]) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            notes.append(f"{name}: line {number} is not JSON, skipped")
-            continue
-        if not isinstance(record, dict):
-            notes.append(f"{name}: line {number} is not a JSON object, skipped")
-            continue
-        rows.append({str(k): cell_text(v) for k, v in record.items()})
-    return rows
-
-
-def _csv_salvage(text: str, name: str, notes: list[str]) -> list[dict[str, str]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error):
-        notes.append(f"{name}: no CSV header, skipped")
-        return []
-    rows: list[dict[str, str]] = []
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            notes.append(f"{name}: line {reader.line_num}: {exc}, skipped")
-            continue
-        if not record or record == header:  # a blank line, or a shard's header repeated
-            continue
-        if len(record) != len(header):
-            notes.append(
-                f"{name}: line {reader.line_num} has {len(record)} fields, "
-                f"the header {len(header)}: skipped"
-            )
-            continue
-        rows.append(dict(zip(header, record, strict=True)))
-    return rows
-
-
-def _header_of(line: str) -> list[str]:
-    try:
-        return next(csv.reader([line]))
-    except (csv.Error, StopIteration):
-        return []
-
-
-@dataclass(frozen=True)
-class RowFormat:
-    """How rows of one format are written and read back."""
-
-    header: Callable[[list[str]], str]  # text before the first row
-    encode: Callable[[dict[str, Any]], str]  # one record, ending in a newline
-    parse: Callable[[str, list[str], Path], list[dict[str, Any]]]  # finished rows
-    # Every readable row of any columns, as text; what is not readable becomes a note
-    # (text, file name, notes): the report's reading, which never fails.
-    salvage: Callable[[str, str, list[str]], list[dict[str, str]]]
-    looks_like: Callable[[str], bool]  # the first non-blank line is this format's
-
-
-FORMATS: dict[str, RowFormat] = {
-    "csv": RowFormat(
-        header=csv_line,
-        encode=lambda record: csv_line([_csv_cell(v) for v in record.values()]),
-        parse=_csv_parse,
-        salvage=_csv_salvage,
-        looks_like=lambda first: "path" in _header_of(first),
-    ),
-    "jsonl": RowFormat(
-        header=lambda _cols: "",
-        encode=lambda record: json.dumps(record, ensure_ascii=False) + "\n",
-        parse=_jsonl_parse,
-        salvage=_jsonl_salvage,
-        looks_like=lambda first: first.lstrip().startswith("{"),
-    ),
-}
