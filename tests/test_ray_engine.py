@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import GOOD, PARTS, REPO, process_env, run_runner
-from tests.test_cli import model as model  # a fixture
+from tests.helpers import GOOD, PARTS, REPO, process_env, run_runner
 
 if os.environ.get("CI") == "true":  # CI installs the test extra, Ray included: never skip
     import ray

@@ -10,14 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.test_cli import run_runner
-from tests.test_interrupt_resume import (
-    command,
-    count_rows,
-    dataset,  # noqa: F401 - a fixture
-    env_for,
-    model_dir,  # noqa: F401 - a fixture
-)
+from tests.helpers import command, count_rows, env_for, run_runner
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 
@@ -69,7 +62,7 @@ def test_report_option_on_a_run(tiny, cache_dir, tmp_path):
     assert clash.code == 2 and "-o and --report name the same file" in clash.stderr
 
 
-def test_an_interrupted_run_still_writes_its_report(dataset, model_dir, tmp_path):  # noqa: F811
+def test_an_interrupted_run_still_writes_its_report(dataset, model_dir, tmp_path):
     rows, report = tmp_path / "rows.csv", tmp_path / "r.html"
     args = [*command(dataset, model_dir, tmp_path / "out", rows, "csv", slow=True)]
     args += ["--report", str(report)]

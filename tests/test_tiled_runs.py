@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_cli import GOOD, PARTS, read_csv, run_runner
-from tests.test_evaluate import make_mvtec
+from tests.helpers import GOOD, PARTS, make_mvtec, read_csv, run_runner
 from winclip_cli.bank import load_bank
 from winclip_cli.commands.eval_run import eval_size
 from winclip_cli.engines import ImageResult
