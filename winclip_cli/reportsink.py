@@ -13,6 +13,7 @@ from .htmlreport import render_report
 from .options import LOCAL_DIR, RunOptions
 from .planning import Plan
 from .progress import Reporter
+from .resume import resume_key
 
 
 def run_info(p: Plan) -> dict[str, str]:
@@ -50,10 +51,12 @@ class ReportSink:
     def __init__(self, p: Plan, path: Path) -> None:
         self.plan, self.path = p, path
         self.rows: list[dict[str, Any]] = list(p.kept.values())
+        self.written: set[str] = set()  # this run's rows, by resume_key
         self.started = time.perf_counter()
 
     def add(self, record: dict[str, Any]) -> None:
         self.rows.append(record)
+        self.written.add(resume_key(str(record["path"])))
 
     def write(self, reporter: Reporter, incomplete: bool) -> None:
         """Render and write the report; thumbnails show a progress bar on a terminal."""
@@ -61,8 +64,9 @@ class ReportSink:
         cal = self.plan.calibration
         calibration_scores = None if cal is None else [float(s) for s in cal.scores]
         try:
+            left = self.plan.resume.not_yet_redone(self.plan.done, self.written)
             text = render_report(
-                self.rows,
+                self.rows + left,
                 output=self.path,
                 run_info=run_info(self.plan),
                 threshold=None if self.plan.rule is None else self.plan.rule.threshold,

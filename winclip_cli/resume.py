@@ -50,6 +50,13 @@ class Resumed:
         this run writes, exactly the rows of the finished file (its report, its tally)."""
         return {k: r for k, r in done.items() if k not in self.again}
 
+    def not_yet_redone(
+        self, done: dict[str, dict[str, str]], written: set[str]
+    ) -> list[dict[str, str]]:
+        """The old rows of inputs to score again that this run did not reach (it was
+        interrupted): they stay in the file, so its report holds them too."""
+        return [r for k, r in done.items() if k in self.again and k not in written]
+
 
 def _read_resume(
     opts: RunOptions, cols: list[str], rule: DecisionRule | None, settings: dict[str, Any]
