@@ -230,3 +230,33 @@ def defect_image(rng: np.random.Generator, mask_value: int = 255) -> tuple[np.nd
     mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
     mask[y : y + 12, x : x + 12] = mask_value
     return image, mask
+
+
+def check_maps_anomalous(args: Sequence[object], tmp_path: Path) -> list[dict[str, str]]:
+    """`segment ARGS --maps anomalous` against `segment ARGS --maps all` (the same engine
+    and tiles): every image it maps has the same row and overlay bytes, every other image
+    the same score, no map and no overlay. Returns the --maps anomalous rows."""
+    full_out, part_out = tmp_path / "full", tmp_path / "part"
+    full = run_runner(["segment", *args, "--out", full_out])
+    assert full.code in (0, 3), full.stderr
+    full_rows = read_csv(full.stdout)[1]
+    scores = sorted(float(r["score"]) for r in full_rows if r["score"])
+    cut = scores[len(scores) // 2]  # about half at or above it
+    decided = ["--threshold", f"{cut:.6f}"]
+    full = run_runner(["segment", *args, *decided, "--out", full_out])
+    part = run_runner(["segment", *args, *decided, "--maps", "anomalous", "--out", part_out])
+    assert part.code == full.code, part.stderr
+    full_rows, part_rows = read_csv(full.stdout)[1], read_csv(part.stdout)[1]
+    assert [r["path"] for r in part_rows] == [r["path"] for r in full_rows]
+    mapped = 0
+    for mine, theirs in zip(part_rows, full_rows, strict=True):
+        assert mine["score"] == theirs["score"] and mine["status"] == theirs["status"]
+        if mine["label"] == "anomalous":
+            mapped += 1
+            same = {k: v.replace(str(part_out), str(full_out)) for k, v in mine.items()}
+            assert same == theirs
+            assert Path(mine["overlay"]).read_bytes() == Path(theirs["overlay"]).read_bytes()
+        else:
+            assert mine["map_max"] == "" and mine["overlay"] == ""
+    assert 0 < mapped < len(part_rows)
+    return part_rows
