@@ -13,6 +13,7 @@ from .engines.registry import check_engine
 from .errors import BankFileError, PromptFileError, UsageError
 from .options import (
     MAP_DTYPES,
+    MAP_MODES,
     OVERLAY_FORMATS,
     ModelOptions,
     RunOptions,
@@ -144,8 +145,8 @@ def _check_scale_out(opts: RunOptions) -> None:
 def _check_maps_mode(opts: RunOptions) -> None:
     if opts.maps_mode == "all":
         return
-    if opts.maps_mode != "anomalous":
-        raise UsageError(f"--maps {opts.maps_mode!r}: use all or anomalous")
+    if opts.maps_mode not in MAP_MODES:
+        raise UsageError(f"--maps {opts.maps_mode!r}: use {' or '.join(MAP_MODES)}")
     if opts.require_ref or opts.ref is not None:
         raise UsageError(
             "--maps anomalous is zero-shot only: a few-shot score needs the windows itself "

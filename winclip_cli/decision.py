@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .calibration import Calibration, p_value
+from .calibration import Calibration, is_anomalous, p_value
 from .rows import SCORE_DECIMALS
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class CalibratedRule:
         p = self.p_value(score)
         if p is None:
             return ""
-        return ANOMALOUS if p <= self.alpha else NORMAL
+        return ANOMALOUS if is_anomalous(p, self.alpha) else NORMAL
 
     def describe(self) -> str:
         return f"anomalous at false-alarm rate {self.alpha:g} (score above {self.threshold:.6f})"

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .atomic import atomic_write
 from .data import open_image
 from .scoring import upsample
-from .tiling import MapStitcher
+from .tiling import stitch
 
 if TYPE_CHECKING:
     import torch
@@ -300,10 +300,7 @@ def full_map(
     """The (H, W) float32 map at the image's size: the grid map upsampled, or the tiles'
     grid maps stitched (each upsampled to its tile only)."""
     if tiles:
-        stitcher = MapStitcher(height, width)
-        for box, tile_map in tiles:
-            stitcher.add(box, tile_map)
-        return stitcher.result()
+        return stitch([box for box, _ in tiles], [m for _, m in tiles], (height, width))
 
     assert grid_map is not None
     return upsample(grid_map[None], (height, width))[0].numpy()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..options import ModelOptions, RayOptions
 from ..prompts import PromptSet
-from ..tiling import TileGrid
+from ..tiling import TileGrid, combine_map_max
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ class ImageResult:
         if self.grid_map is not None:
             return float(self.grid_map.max())
         if self.tiles:
-            return max(float(m.max()) for _, m in self.tiles)
+            return combine_map_max(m for _, m in self.tiles)
         return None
 
 
