@@ -44,7 +44,7 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
     for row in p.kept.values():
         tally.add(row.get("status", ""), row.get("label", ""))
     _tell_resume(p, reporter)
-    report = None if opts.report is None else ReportSink(p, opts.report)
+    report = None if p.outputs.report is None else ReportSink(p, p.outputs.report)
     on_row = report.add if report is not None else None
     if not p.images:  # an empty shard (more shards than inputs): a valid, empty output
         reporter.warn(f"shard {opts.shard} is empty: there are fewer inputs than shards")

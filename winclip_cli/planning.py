@@ -35,7 +35,7 @@ from .options import (
     RunOptions,
     default_workers,
 )
-from .outputs import output_name
+from .outputs import OverlayStyle, output_name
 from .paths import check_out_dir, check_writable_file, is_within, refuse_overwriting
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
@@ -61,6 +61,41 @@ class References:
     save_to: Path | None = None  # --save-bank
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What a run writes and how: the rows (format, file or stdout), the images (folder,
+    overlay style, maps, masks) and the report; decided once, read by RowSink."""
+
+    fmt: str  # a key of rows.FORMATS
+    to_stdout: bool
+    where: str  # where the rows go, for messages: "stdout" or the -o file
+    resume_hint: str  # how to continue the run, for messages ('' for stdout)
+    appending: bool  # --resume: rows are added to the file's (unless it is rewritten)
+    maps: bool  # overlays (segment, fewshot)
+    out_dir: Path
+    style: OverlayStyle
+    save_maps: bool
+    save_masks: bool
+    report: Path | None
+
+
+def outputs_of(opts: RunOptions) -> Outputs:
+    """The outputs of a run's options."""
+    return Outputs(
+        fmt=opts.fmt,
+        to_stdout=opts.to_stdout,
+        where="stdout" if opts.to_stdout else str(opts.output),
+        resume_hint=opts.resume_hint,
+        appending=opts.resume,
+        maps=opts.maps,
+        out_dir=opts.out_dir,
+        style=OverlayStyle(opts.overlay_format, opts.overlay_max_side, opts.map_dtype),
+        save_maps=opts.save_maps,
+        save_masks=opts.save_masks,
+        report=opts.report,
+    )
+
+
 @dataclass
 class Plan:
     """Everything one run needs, checked: a context manager that holds the -o file."""
@@ -82,6 +117,11 @@ class Plan:
     def grid(self) -> TileGrid:
         """--tiles and --tile-overlap, parsed once."""
         return self.engine.grid
+
+    @property
+    def outputs(self) -> Outputs:
+        """What the run writes and how."""
+        return outputs_of(self.opts)
 
     def __enter__(self) -> Plan:
         return self

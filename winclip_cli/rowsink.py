@@ -17,7 +17,7 @@ from .decision import ANOMALOUS, CalibratedRule, label_of
 from .engines import ImageResult
 from .errors import ExitCode, ImageReadError, Interrupted, OutputError
 from .interrupts import CriticalSection
-from .outputs import Caption, ColourScale, ImageOutputs, OverlayStyle, write_image_outputs
+from .outputs import Caption, ColourScale, ImageOutputs, write_image_outputs
 from .planning import Plan
 from .resume import resume_key
 from .rows import Row, RowWriter, discard_stdout, stdout_rows
@@ -79,13 +79,13 @@ class RowSink:
         on_row: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.plan, self.tally, self.section, self.on_row = p, tally, section, on_row
-        self.opts = p.opts
+        self.out = out = p.outputs
         # Rows replaced or out of order: a new file, renamed over the old one at the end.
         self.rewriting = p.resume.rewrite and p.rows_file is not None
         self.cursor = 0  # rewriting: p.images[:cursor] have their row in the new file
         self.scored_again: set[str] = set()
         self.broken = False
-        appending = self.opts.resume and bool(p.done) and not self.rewriting
+        appending = out.appending and bool(p.done) and not self.rewriting
         with self._writing_rows():
             stream: IO[str]
             if p.rows_file is None:
@@ -95,16 +95,14 @@ class RowSink:
             else:
                 stream = p.rows_file.stream(appending)
             self.stream = stream
-            self.writer = RowWriter(stream, self.opts.fmt, p.cols, header=not appending)
+            self.writer = RowWriter(stream, out.fmt, p.cols, header=not appending)
             if self.rewriting:
                 self._orphans_after(None)
         self.pending: deque[tuple[Row, Future[ImageOutputs] | None]] = deque()
         self.scale = ColourScale.of(p.calibration, p.rule)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="winclip-images")
-        opts = self.opts
-        self.style = OverlayStyle(opts.overlay_format, opts.overlay_max_side, opts.map_dtype)
-        if opts.maps:
-            opts.out_dir.mkdir(parents=True, exist_ok=True)
+        if out.maps:
+            out.out_dir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> RowSink:
         return self
@@ -180,10 +178,11 @@ class RowSink:
             raise
         except OSError as exc:
             self.broken = True  # a row may be torn: a replacement must not be committed
-            if self.opts.to_stdout:  # what is still buffered would fail again, at exit
+            if self.out.to_stdout:  # what is still buffered would fail again, at exit
                 discard_stdout()
-            where = "stdout" if self.opts.to_stdout else self.opts.output
-            raise OutputError(f"cannot write rows to {where}: {exc.strerror or exc}") from exc
+            raise OutputError(
+                f"cannot write rows to {self.out.where}: {exc.strerror or exc}"
+            ) from exc
 
     def add(self, image: InputImage, result: ImageResult) -> None:
         """Queue the row of one result (its overlay starts rendering); write what is ready."""
@@ -194,20 +193,20 @@ class RowSink:
             row = Row(image.display, score=result.score, map_max=result.map_max)
             job = None
             if result.has_map:
-                opts, rule = self.opts, self.plan.rule
+                out, rule = self.out, self.plan.rule
                 caption = Caption(result.score, label_of(rule, result.score), _p(rule, row))
                 job = self.pool.submit(
                     write_image_outputs,
                     image,
                     result.grid_map,
-                    opts.out_dir,
-                    opts.save_maps,
+                    out.out_dir,
+                    out.save_maps,
                     result.tiles,
-                    self.style,
+                    out.style,
                     pixel_threshold=None if rule is None else rule.pixel_threshold,
                     scale=self.scale,
                     caption=caption if rule is not None else None,
-                    save_mask=opts.save_masks,
+                    save_mask=out.save_masks,
                 )
             self.pending.append((row, job))
         self.flush(block=len(self.pending) > MAX_PENDING_IMAGES)
@@ -238,9 +237,9 @@ class RowSink:
             row.anomalous_pixels = written.anomalous_pixels
         except (ImageReadError, OSError) as exc:
             if getattr(exc, "errno", None) in DISK_FULL:  # every next image would fail
-                hint = self.opts.resume_hint
+                hint = self.out.resume_hint
                 raise OutputError(
-                    f"cannot write to --out {self.opts.out_dir}: {getattr(exc, 'strerror', exc)}"
+                    f"cannot write to --out {self.out.out_dir}: {getattr(exc, 'strerror', exc)}"
                     + (f"; make room{hint}" if hint else "")
                 ) from exc
             # An error row has no score: this one could not be delivered whole.
