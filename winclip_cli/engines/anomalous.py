@@ -29,13 +29,18 @@ class AnomalousMapsEngine:
     """Scores every image with ``first`` (no maps), then maps the anomalous ones with
     ``second``; one result per image, in input order."""
 
-    def __init__(self, first: Engine, second: Engine, rule: DecisionRule) -> None:
-        self.first, self.second, self.rule = first, second, rule
+    def __init__(
+        self, first: Engine, second: Engine, rule: DecisionRule, chunk: int = CHUNK
+    ) -> None:
+        # Each pass is finished before the next starts (a Ray pass holds its actors until
+        # then). An engine that scores images as a set must get whole sets: a ``chunk``
+        # of at least its set size.
+        self.first, self.second, self.rule, self.chunk = first, second, rule, chunk
 
     def predict(self, images: Sequence[InputImage]) -> Iterator[ImageResult]:
         """One result per image in input order; a map only where anomalous."""
-        for start in range(0, len(images), CHUNK):
-            chunk = images[start : start + CHUNK]
+        for start in range(0, len(images), self.chunk):
+            chunk = images[start : start + self.chunk]
             results = list(self.first.predict(chunk))
             wanted = [
                 i
