@@ -17,12 +17,13 @@ from ..calibration import Calibration
 from ..data import InputImage
 from ..datasets import CategoryData, TestSample, load_mask
 from ..decision import ANOMALOUS, CalibratedRule
-from ..engines import ImageResult
-from ..engines.local import LocalEngine
+from ..engines import Engine, EngineSpec, ImageResult
+from ..engines.registry import build_engine
 from ..engines.scorer import Scorer
 from ..errors import DatasetError, ImageReadError
 from ..metrics import PixelMetrics, image_metrics
 from ..model import WinClip
+from ..options import ModelOptions
 from ..outputs import full_map
 from ..pipeline import reference_pixels
 from ..references import calibration_images, pick_references
@@ -98,8 +99,8 @@ class EvalRun:
 
 @dataclass
 class EvalEngine:
-    """The local engine for one category's runs: the model and text are fixed, the bank
-    changes with k and seed."""
+    """The engine for one category's runs (built through the engine registry, as a run's
+    is): the model and text are fixed, the bank changes with k and seed."""
 
     wc: WinClip
     text: torch.Tensor
@@ -107,10 +108,13 @@ class EvalEngine:
     workers: int
     grid: TileGrid = field(default_factory=TileGrid)
 
-    def with_bank(self, bank: ReferenceBank | None) -> LocalEngine:
+    def with_bank(self, bank: ReferenceBank | None) -> Engine:
         scorer = Scorer(self.wc, self.text, bank, maps=True)
         warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
-        return LocalEngine(scorer, self.batch_size, self.workers, self.grid, warn)
+        spec = EngineSpec(
+            "local", self.batch_size, self.workers, self.grid, ModelOptions(), self.wc.prompts
+        )
+        return build_engine(spec, scorer, warn)
 
     def bank(self, refs: list[Path]) -> ReferenceBank | None:
         if not refs:
@@ -237,7 +241,7 @@ def _calibration_set(data: CategoryData, refs: list[Path]) -> list[InputImage]:
 
 
 def _calibrated_rates(
-    local: LocalEngine, run: EvalRun, refs: list[Path], labels: list[int], scores: list[float]
+    local: Engine, run: EvalRun, refs: list[Path], labels: list[int], scores: list[float]
 ) -> dict[str, Any]:
     """Calibrate on train/good (minus the references) at rate A; the realised false-alarm
     rate on test/good and the detection rate on the test defects."""
