@@ -4,7 +4,8 @@ through the local engine, and its metrics (with --calibrate, the calibrated rate
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,11 @@ from ..engines.scorer import Scorer
 from ..errors import DatasetError, ImageReadError
 from ..metrics import PixelMetrics, image_metrics
 from ..model import WinClip
-from ..options import ModelOptions
 from ..outputs import full_map
-from ..pipeline import reference_pixels
-from ..references import calibration_images, pick_references
+from ..pipeline import reference_pixels, scored
+from ..planning_eval import draw_references
+from ..progress import Reporter
+from ..references import calibration_images
 from ..scoring import upsample
 from ..tiling import TileGrid, TileGridError
 from .eval_results import (
@@ -54,28 +56,6 @@ class EvalProgress:
     runs: int
 
 
-def draw_references(data: CategoryData, k: int, seed: int | None) -> list[Path]:
-    """The ``k`` references of a category: fewshot's picker (references.pick_references)
-    over the training normals, so `fewshot --ref train/good --k K --seed S` and eval use
-    the same images. Unreadable ones are passed over with a warning."""
-    if len(data.train_good) < k:
-        raise DatasetError(
-            f"category {data.name}: {k}-shot needs {k} training normal images, "
-            f"found {len(data.train_good)}"
-        )
-    chosen, skipped = pick_references(
-        sorted(data.train_good), k, seed, path_of=lambda p: p, name_of=str
-    )
-    for message in skipped:
-        warnings.warn(message, stacklevel=2)
-    if len(chosen) < k:
-        raise DatasetError(
-            f"category {data.name}: {k}-shot needs {k} readable training normal images, "
-            f"found {len(chosen)} of {len(data.train_good)}"
-        )
-    return chosen
-
-
 def relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -99,22 +79,34 @@ class EvalRun:
 
 @dataclass
 class EvalEngine:
-    """The engine for one category's runs (built through the engine registry, as a run's
-    is): the model and text are fixed, the bank changes with k and seed."""
+    """The engine for one category's runs, built from the EvalPlan's EngineSpec through
+    the engine registry, as a run's is: the model and text are fixed, the bank changes
+    with k and seed. Its loop is the pipeline's (``scored``), with no progress bar."""
 
     wc: WinClip
     text: torch.Tensor
-    batch_size: int
-    workers: int
-    grid: TileGrid = field(default_factory=TileGrid)
+    spec: EngineSpec
+    reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
+
+    @property
+    def grid(self) -> TileGrid:
+        return self.spec.grid
+
+    @property
+    def batch_size(self) -> int:
+        return self.spec.batch_size
 
     def with_bank(self, bank: ReferenceBank | None) -> Engine:
         scorer = Scorer(self.wc, self.text, bank, maps=True)
         warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
-        spec = EngineSpec(
-            "local", self.batch_size, self.workers, self.grid, ModelOptions(), self.wc.prompts
-        )
-        return build_engine(spec, scorer, warn)
+        return build_engine(self.spec, scorer, warn)
+
+    def results(
+        self, engine: Engine, images: list[InputImage], what: str
+    ) -> Generator[tuple[InputImage, ImageResult], None, None]:
+        """Each image with its result, in order: the pipeline's one loop."""
+        with closing(scored(images, engine, self.reporter, what)) as pairs:
+            yield from pairs
 
     def bank(self, refs: list[Path]) -> ReferenceBank | None:
         if not refs:
@@ -170,17 +162,37 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Scores and metrics of one run; writes its rows to the scores CSV writer ``rows``."""
 
-    wc = engine.wc
     refs = draw_references(run.data, run.k, run.seed) if run.k else []
     local = engine.with_bank(engine.bank(refs))
     pixels = PixelMetrics(bins)
+    with closing(engine.results(local, tests, "evaluating")) as pairs:
+        labels, scores = _score_tests(engine, run, pairs, pixels, (rows, root), progress)
+    figures = image_metrics(np.array(labels), np.array(scores))
+    figures.update(pixels.results())
+    if run.calibrate is not None:
+        figures.update(_calibrated_rates(engine, local, run, refs, labels, scores))
+    refs_text = [relative(p, root) for p in refs]
+    return {"seed": run.seed, "references": refs_text, **figures}
+
+
+def _score_tests(
+    engine: EvalEngine,
+    run: EvalRun,
+    pairs: Iterator[tuple[InputImage, ImageResult]],
+    pixels: PixelMetrics,
+    rows_root: tuple[ScoresWriter | None, Path],
+    progress: Callable[[EvalProgress], None] | None,
+) -> tuple[list[int], list[float]]:
+    """The test images' labels and scores, in order; their maps into ``pixels``, their
+    rows to the scores CSV writer (paths relative to the root)."""
+    wc, (rows, root) = engine.wc, rows_root
     labels: list[int] = []
     scores: list[float] = []
     samples = run.data.test
     total = len(samples)
     chunk_maps: list[torch.Tensor] = []
     chunk_masks: list[np.ndarray] = []
-    for index, result in enumerate(local.predict(tests)):
+    for index, (_, result) in enumerate(pairs):
         sample = samples[index]
         if result.error is not None or not result.has_map or result.score is None:
             # A skipped image would silently change the metrics.
@@ -222,12 +234,7 @@ def evaluate_run(
             if progress is not None:
                 args = (run.data.name, run.k, run.seed, len(labels), total, run.number, run.runs)
                 progress(EvalProgress(*args))
-    figures = image_metrics(np.array(labels), np.array(scores))
-    figures.update(pixels.results())
-    if run.calibrate is not None:
-        figures.update(_calibrated_rates(local, run, refs, labels, scores))
-    refs_text = [relative(p, root) for p in refs]
-    return {"seed": run.seed, "references": refs_text, **figures}
+    return labels, scores
 
 
 def _calibration_set(data: CategoryData, refs: list[Path]) -> list[InputImage]:
@@ -241,7 +248,12 @@ def _calibration_set(data: CategoryData, refs: list[Path]) -> list[InputImage]:
 
 
 def _calibrated_rates(
-    local: Engine, run: EvalRun, refs: list[Path], labels: list[int], scores: list[float]
+    engine: EvalEngine,
+    local: Engine,
+    run: EvalRun,
+    refs: list[Path],
+    labels: list[int],
+    scores: list[float],
 ) -> dict[str, Any]:
     """Calibrate on train/good (minus the references) at rate A; the realised false-alarm
     rate on test/good and the detection rate on the test defects."""
@@ -249,10 +261,11 @@ def _calibrated_rates(
     assert run.calibrate is not None
     images = _calibration_set(run.data, refs)
     cal_scores = []
-    for image, result in zip(images, local.predict(images), strict=True):
-        if result.error is not None or result.score is None:
-            raise DatasetError(f"cannot read training image {image.path}: {result.error}")
-        cal_scores.append(result.score)
+    with closing(engine.results(local, images, "calibrating")) as pairs:
+        for image, result in pairs:
+            if result.error is not None or result.score is None:
+                raise DatasetError(f"cannot read training image {image.path}: {result.error}")
+            cal_scores.append(result.score)
     cal = Calibration({}, np.asarray(cal_scores), None, None, [str(i.path) for i in images])
     rule = CalibratedRule.from_calibration(cal, run.calibrate)
     decided = np.array([rule.label(s) == ANOMALOUS for s in scores])

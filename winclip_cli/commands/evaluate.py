@@ -1,8 +1,8 @@
 """`winclip eval`: metrics of WinCLIP / WinCLIP+ on labelled MVTec AD or VisA trees.
 
-The same engine and loader as the scoring commands (engines.local, DataLoader workers)
-and the same reference picker as fewshot; the dataset layouts are in datasets/, the
-published figures in paper.py. No CLI framework is imported here.
+Planned like a run (planning_eval: the run's checks and EngineSpec), scored through the
+engine registry and the pipeline's loop, with fewshot's reference picker; the dataset
+layouts are in datasets/, the published figures in paper.py. No CLI framework here.
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from ..calibration import conformal_rank
-from ..checks import check_class_name, check_model_options, prompt_file, tile_grid
 from ..data import InputImage
-from ..datasets import CategoryData, discover, is_dataset_file, load_mask
-from ..errors import CalibrationError, DatasetError, ExitCode, UsageError
+from ..datasets import CategoryData, discover, load_mask
+from ..engines import EngineSpec
+from ..errors import DatasetError, ExitCode
 from ..metrics import DEFAULT_BINS
 from ..model import WinClip
-from ..options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
-from ..paths import check_writable_file, refuse_overwriting
+from ..options import DEFAULT_BATCH_SIZE, EvalOptions, ModelOptions
+from ..planning_eval import EvalPlan, eval_categories, normalise_shots_seeds, plan_eval
 from ..progress import Reporter
-from ..prompts import PromptSet
 from ..tiling import TileGrid
 from .eval_results import (
     ScoresWriter,
@@ -35,34 +33,13 @@ from .eval_results import (
     scores_writer,
     seeds_for,
 )
-from .eval_run import EvalEngine, EvalProgress, EvalRun, draw_references, evaluate_run, relative
+from .eval_run import EvalEngine, EvalProgress, EvalRun, evaluate_run, relative
 
 if TYPE_CHECKING:
     from ..model import WinClip
 
 
 __all__ = ["DatasetError", "discover", "format_table", "load_mask", "run_evaluation"]
-
-
-def _check_calibration_sizes(found: list[CategoryData], shots: list[int], alpha: float) -> None:
-    """Enough training normals for rate A in every run, before any model time is spent."""
-
-    for data in found:
-        for k in shots:
-            try:
-                conformal_rank(len(data.train_good) - k, alpha)
-            except CalibrationError as exc:
-                raise DatasetError(f"category {data.name}, {k}-shot --calibrate: {exc}") from exc
-
-
-def _normalise_options(shots: Sequence[int], seeds: int | Sequence[int]) -> tuple[list, list]:
-    shot_list = list(dict.fromkeys(int(k) for k in shots))
-    if not shot_list or any(k < 0 for k in shot_list):
-        raise ValueError("shots must be a non-empty list of k >= 0")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("at least one seed is needed")
-    return shot_list, seed_list
 
 
 def run_evaluation(
@@ -110,11 +87,29 @@ def run_evaluation(
     model time is spent, except for unreadable images, found when read).
     """
     root = Path(root)
-    shot_list, seed_list = _normalise_options(shots, seeds)
-    found = _categories(root, layout, categories, shot_list, seed_list, calibrate)
+    shots_seeds = normalise_shots_seeds(shots, seeds)
+    found = eval_categories(root, layout, categories, shots_seeds, calibrate)
+    spec = EngineSpec("local", batch_size, workers, grid or TileGrid(), ModelOptions(), wc.prompts)
+    p = EvalPlan(root, found, *shots_seeds, class_name, calibrate, spec)
+    return evaluate(wc, p, bins, (scores_path, json_path), compare, table_stream, progress)
+
+
+def evaluate(
+    wc: WinClip,
+    p: EvalPlan,
+    bins: int,
+    paths: tuple[str | os.PathLike[str] | None, str | os.PathLike[str] | None],
+    compare: bool,
+    table_stream: IO[str] | None,
+    progress: Callable[[EvalProgress], None] | None,
+) -> dict[str, Any]:
+    """Run an EvalPlan with ``wc``: every category, k and seed; the results (see
+    run_evaluation), written to ``paths`` (the scores CSV, the JSON) and the table."""
+    scores_path, json_path = paths
+    shot_list, seed_list, found = p.shots, p.seeds, p.categories
     per_category = sum(len(seeds_for(k, seed_list)) for k in shot_list)
     results: dict[str, Any] = {
-        "dataset": {"root": str(root), "layout": found[0].layout},
+        "dataset": {"root": str(p.root), "layout": found[0].layout},
         "model": model_info(wc),
         "shots": shot_list,
         "seeds": seed_list,
@@ -125,102 +120,47 @@ def run_evaluation(
     results["dataset"]["categories"] = [d.name for d in found]
     with scores_writer(scores_path) as rows:
         for i, data in enumerate(found):
-            text = wc.text_embeddings(class_name or data.name)
-            engine = EvalEngine(wc, text, batch_size, workers, grid or TileGrid())
+            engine = EvalEngine(wc, wc.text_embeddings(p.class_name or data.name), p.engine)
             counts = (i * per_category, len(found) * per_category)
             results["categories"][data.name] = _evaluate_category(
-                engine, data, class_name, (shot_list, seed_list), counts, bins, rows, root,
-                progress, calibrate,
-            )  # fmt: skip
+                engine, data, p, counts, bins, rows, progress
+            )
     for k in shot_list:
         results["mean"][str(k)] = overall(results["categories"], k, seeds_for(k, seed_list))
     publish(results, compare, table_stream, json_path)
     return results
 
 
-def _categories(
-    root: Path,
-    layout: str,
-    categories: Sequence[str] | None,
-    shot_list: list[int],
-    seed_list: list[int],
-    calibrate: float | None,
-) -> list[CategoryData]:
-    """The categories to evaluate, checked before any model time is spent (DatasetError:
-    too few training normals for a k, or for --calibrate)."""
-    found = discover(root, layout, categories)
-    for data in found:
-        for k in shot_list:
-            if k and len(data.train_good) < k:
-                draw_references(data, k, seed_list[0])  # raises, saying what is missing
-    if calibrate is not None:
-        _check_calibration_sizes(found, shot_list, calibrate)
-    return found
-
-
 def _evaluate_category(
     engine: EvalEngine,
     data: CategoryData,
-    class_name: str | None,
-    shots_seeds: tuple[list[int], list[int]],
+    p: EvalPlan,
     counts: tuple[int, int],
     bins: int,
     rows: ScoresWriter | None,
-    root: Path,
     progress: Callable[[EvalProgress], None] | None,
-    calibrate: float | None,
 ) -> dict[str, Any]:
     """One category's runs (every k, every seed): its entry in the results.
     ``counts``: runs done before this category, and runs in all."""
-    shot_list, seed_list = shots_seeds
     number, runs_total = counts
-    tests = [InputImage(s.path, str(s.path), relative(s.path, root)) for s in data.test]
+    tests = [InputImage(s.path, str(s.path), relative(s.path, p.root)) for s in data.test]
     entry: dict[str, Any] = {
-        "class_name": class_name or data.name,
+        "class_name": p.class_name or data.name,
         "num_test": len(data.test),
         "num_anomalous": data.num_anomalous,
         "num_train_good": len(data.train_good),
         "shots": {},
     }
-    for k in shot_list:
+    for k in p.shots:
         runs: list[dict[str, Any]] = []
-        for seed in seeds_for(k, seed_list):
+        for seed in seeds_for(k, p.seeds):
             number += 1
-            first = not runs and k == shot_list[0]
-            run = EvalRun(data, engine.text, k, seed, number, runs_total, first, calibrate)
-            figures = evaluate_run(engine, run, tests, bins, rows, root, progress)
+            first = not runs and k == p.shots[0]
+            run = EvalRun(data, engine.text, k, seed, number, runs_total, first, p.calibrate)
+            figures = evaluate_run(engine, run, tests, bins, rows, p.root, progress)
             runs.append({key: json_value(v) for key, v in figures.items()})
         entry["shots"][str(k)] = {**mean_std(runs), "runs": runs}
     return entry
-
-
-def check_eval_options(opts: EvalOptions) -> PromptSet:
-    """Every check that needs no model (UsageError, DatasetError); returns the prompts."""
-    if opts.compare not in (None, "paper"):
-        raise UsageError(f"--compare {opts.compare!r}: the only comparison is 'paper'")
-    if opts.seeds < 1 or any(shot < 0 for shot in opts.shots):
-        raise UsageError("--seeds must be at least 1 and every --k at least 0")
-    if opts.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if opts.workers is not None and opts.workers < 0:
-        raise UsageError("--workers must be 0 or more")
-    if opts.class_name is not None:
-        check_class_name(opts.class_name)
-    tile_grid(opts.tiles, opts.tile_overlap)
-    inputs = [p for p in (opts.model.weights, prompt_file(opts.model)) if p is not None]
-    for option, path in (("--json", opts.json_path), ("--scores", opts.scores_path)):
-        if path is not None and str(path) != "-":
-            check_writable_file(path)
-            protected = [*inputs, path] if is_dataset_file(opts.root, path) else inputs
-            refuse_overwriting(option, path, protected)
-    json_path, scores_path = opts.json_path, opts.scores_path
-    if json_path and scores_path and os.path.abspath(json_path) == os.path.abspath(scores_path):
-        raise UsageError("--json and --scores name the same file")
-    prompts = check_model_options(opts.model)
-    found = discover(opts.root, layout=opts.layout, categories=opts.categories)
-    if opts.calibrate is not None:
-        _check_calibration_sizes(found, opts.shots, opts.calibrate)
-    return prompts
 
 
 def evaluate_command(
@@ -228,28 +168,12 @@ def evaluate_command(
     table_stream: IO[str] | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> int:
-    """`winclip eval`: check, load the model, evaluate; returns the exit code."""
-
-    prompts = check_eval_options(opts)  # before paying for the model
-    wc = WinClip.from_options(opts.model, prompts)
-    run_evaluation(
-        wc,
-        opts.root,
-        layout=opts.layout,
-        categories=opts.categories,
-        shots=opts.shots,
-        seeds=opts.seeds,
-        class_name=opts.class_name,
-        batch_size=opts.batch_size,
-        workers=default_workers() if opts.workers is None else opts.workers,
-        grid=TileGrid.parse(opts.tiles, opts.tile_overlap),
-        scores_path=opts.scores_path,
-        json_path=opts.json_path,
-        compare=opts.compare == "paper",
-        table_stream=table_stream,
-        progress=progress,
-        calibrate=opts.calibrate,
-    )
+    """`winclip eval`: plan (every check before the model), load the model, evaluate;
+    returns the exit code."""
+    p = plan_eval(opts)
+    wc = WinClip.from_options(p.engine.model, p.engine.prompts)
+    paths = (opts.scores_path, opts.json_path)
+    evaluate(wc, p, DEFAULT_BINS, paths, opts.compare == "paper", table_stream, progress)
     return ExitCode.OK
 
 
