@@ -39,29 +39,30 @@ if TYPE_CHECKING:
 
 def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCode:
     """Run a checked Plan: load what it needs, score ``p.todo``, write the rows."""
-    opts, resumed = p.opts, p.resume
+    resumed, out = p.resume, p.outputs
     tally = Tally(pending=len(resumed.pending))
     for row in p.kept.values():
         tally.add(row.get("status", ""), row.get("label", ""))
     _tell_resume(p, reporter)
-    report = None if p.outputs.report is None else ReportSink(p, p.outputs.report)
+    report = None if out.report is None else ReportSink(p, out.report)
     on_row = report.add if report is not None else None
     if not p.images:  # an empty shard (more shards than inputs): a valid, empty output
-        reporter.warn(f"shard {opts.shard} is empty: there are fewer inputs than shards")
+        reporter.warn(f"shard {p.shard} is empty: there are fewer inputs than shards")
         if p.rows_file is not None:  # a job array's collector expects every shard's file
             p.rows_file.keep()
         with interruptible() as section, RowSink(p, tally, section, on_row):
             pass
         if report is not None:
             report.write(reporter, incomplete=False)
-        return tally.exit_code(opts.fail_on_anomaly)
-    if p.done and not p.todo and opts.save_bank is None:  # nothing left: no model needed
+        return tally.exit_code(p.fail_on_anomaly)
+    saving_bank = p.references.save_to is not None
+    if p.done and not p.todo and not saving_bank:  # nothing left: no model needed
         if resumed.manifest is not None and resumed.recorded_weights is not None:
             resumed.manifest.weights = resumed.recorded_weights  # new identities, same run
             resumed.manifest.write(p.rows_file.path)  # type: ignore[union-attr]
-        return tally.exit_code(opts.fail_on_anomaly)
-    if not p.todo and not p.done and opts.save_bank is None:  # every input still settling
-        return tally.exit_code(opts.fail_on_anomaly)
+        return tally.exit_code(p.fail_on_anomaly)
+    if not p.todo and not p.done and not saving_bank:  # every input still settling
+        return tally.exit_code(p.fail_on_anomaly)
     with interruptible() as section:
         try:
             with engine_session(p.engine):  # before the model: an unreachable cluster fails fast
@@ -79,13 +80,13 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         except Interrupted as stop:
             reporter.stop()
             done = tally.ok + tally.errors
-            reporter.error(f"interrupted: {done} row(s) written are complete{opts.resume_hint}")
+            reporter.error(f"interrupted: {done} row(s) written are complete{out.resume_hint}")
             if report is not None:  # of the finished rows; a second Ctrl-C skips it
                 report.write(reporter, incomplete=True)
             return ExitCode(stop.code)
     if report is not None:
         report.write(reporter, incomplete=False)
-    return tally.exit_code(opts.fail_on_anomaly)
+    return tally.exit_code(p.fail_on_anomaly)
 
 
 def _say_threshold(p: Plan, reporter: Reporter) -> None:
@@ -94,10 +95,10 @@ def _say_threshold(p: Plan, reporter: Reporter) -> None:
     if not isinstance(rule, CalibratedRule) or p.calibration is None:
         return
     text = (
-        f"--calibration {p.opts.calibration}: n={p.calibration.n}, false-alarm rate "
+        f"--calibration {p.calibration_file}: n={p.calibration.n}, false-alarm rate "
         f"{rule.alpha:g}: anomalous above score {rule.threshold:.6f}"
     )
-    if p.opts.maps and rule.pixel_threshold is not None:
+    if p.outputs.maps and rule.pixel_threshold is not None:
         text += f", pixels above {rule.pixel_threshold:.6f}"
     reporter.info(text)
 
@@ -107,7 +108,7 @@ def _tell_resume(p: Plan, reporter: Reporter) -> None:
     resumed = p.resume
     if resumed.legacy:
         reporter.warn(
-            f"{p.opts.output} has no run manifest (written by an older winclip): its "
+            f"{p.outputs.where} has no run manifest (written by an older winclip): its "
             "settings can't be checked and its rows are kept as they are"
         )
     if p.done:
@@ -121,7 +122,7 @@ def _tell_resume(p: Plan, reporter: Reporter) -> None:
         names = ", ".join(im.display for im in resumed.pending[:10])
         more = f" and {len(resumed.pending) - 10} more" if len(resumed.pending) > 10 else ""
         reporter.warn(
-            f"{len(resumed.pending)} file(s) modified within the last {p.opts.settle:g} s "
+            f"{len(resumed.pending)} file(s) modified within the last {p.settle:g} s "
             f"left for the next run (still being written?): {names}{more}"
         )
 
@@ -129,11 +130,10 @@ def _tell_resume(p: Plan, reporter: Reporter) -> None:
 def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Scorer:
     """The model (loaded unless given), the class's text embeddings and the bank."""
 
-    opts, m = p.opts, p.opts.model
-    wc = model or WinClip.from_options(m, p.prompts)
+    wc = model or WinClip.from_options(p.engine.model, p.prompts)
     reporter.stage(f"model loaded: {wc.backbone.model_name} ({wc.backbone.source or 'given'})")
-    text = wc.text_embeddings(opts.class_name)
-    reporter.stage(f"text embeddings for {opts.class_name!r}: {wc.text_source}")
+    text = wc.text_embeddings(p.class_name)
+    reporter.stage(f"text embeddings for {p.class_name!r}: {wc.text_source}")
     refs, bank = p.references, None
     if refs.bank is not None:
         try:
@@ -151,18 +151,17 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
             raise UsageError(f"--ref {refs.source}: a reference became unreadable: {exc}") from exc
         except TileGridError as exc:
             raise UsageError(f"--ref {refs.source}: a reference cannot be tiled: {exc}") from exc
-        bank = wc.reference_bank(pixels, batch_size=opts.batch_size)
+        bank = wc.reference_bank(pixels, batch_size=p.engine.batch_size)
         if not grid.is_single:
             bank.meta.update(grid_meta(grid), references=len(refs.images))
         reporter.stage(f"reference bank built from {len(refs.images)} image(s) in {refs.source}")
         if refs.save_to is not None:
             save_bank(bank, refs.save_to)
             reporter.info(f"reference bank saved to {refs.save_to}")
-    if p.calibration is not None and opts.calibration is not None:
-        grid = p.grid
-        settings = fingerprint(wc, opts.class_name, bank, grid)
-        check_loaded(p.calibration, opts.calibration, settings)
-    return Scorer(wc, text, bank, maps=opts.maps)
+    if p.calibration is not None and p.calibration_file is not None:
+        settings = fingerprint(wc, p.class_name, bank, p.grid)
+        check_loaded(p.calibration, p.calibration_file, settings)
+    return Scorer(wc, text, bank, maps=p.outputs.maps)
 
 
 def reference_pixels(wc: WinClip, paths: list[Path], grid: TileGrid) -> torch.Tensor:

@@ -96,6 +96,34 @@ def outputs_of(opts: RunOptions) -> Outputs:
     )
 
 
+def run_header(
+    opts: RunOptions, rule: DecisionRule | None, cal: Calibration | None
+) -> dict[str, str]:
+    """What the report's header says was run."""
+    m = opts.model
+    weights = str(m.pretrained)
+    if m.weights is not None:
+        weights = str(m.weights)
+    elif m.model.startswith(LOCAL_DIR):
+        weights = "from the model folder"
+    info = {
+        "command": opts.command,
+        "model": m.model,
+        "weights": weights,
+        "class": opts.class_name,
+        "mode": "few-shot (WinCLIP+)" if opts.ref is not None else "zero-shot (WinCLIP)",
+        "inputs": ", ".join(str(p) for p in opts.inputs),
+    }
+    if opts.ref is not None:
+        info["references"] = f"{opts.ref} (K = {opts.k or 'from the bank or 4'})"
+    if isinstance(rule, ThresholdRule):
+        info["threshold"] = f"{rule.threshold:g}"
+    elif isinstance(rule, CalibratedRule) and cal is not None:
+        info["calibration"] = f"{opts.calibration} (n = {cal.n})"
+        info["false-alarm rate"] = f"{rule.alpha:g}: anomalous above {rule.threshold:.6f}"
+    return info
+
+
 @dataclass
 class Plan:
     """Everything one run needs, checked: a context manager that holds the -o file."""
@@ -112,16 +140,27 @@ class Plan:
     engine: EngineSpec  # the engine and its settings: tile grid, workers, batch size
     calibration: Calibration | None = None  # --calibration: its settings apply
     resume: Resumed = field(default_factory=lambda: Resumed())
+    # Decided here, once, from the options: the pipeline reads these, never the options.
+    outputs: Outputs = field(init=False)  # what the run writes and how
+    class_name: str = field(init=False)  # the prompts' class (text embeddings)
+    calibration_file: Path | None = field(init=False)  # --calibration, named in messages
+    shard: str | None = field(init=False)  # --shard, named in messages
+    settle: float = field(init=False)  # --settle, named in messages
+    fail_on_anomaly: bool = field(init=False)
+    report_header: dict[str, str] = field(init=False)  # what the --report says was run
+
+    def __post_init__(self) -> None:
+        opts = self.opts
+        self.outputs = outputs_of(opts)
+        self.class_name, self.calibration_file = opts.class_name, opts.calibration
+        self.shard, self.settle = opts.shard, opts.settle
+        self.fail_on_anomaly = opts.fail_on_anomaly
+        self.report_header = run_header(opts, self.rule, self.calibration)
 
     @property
     def grid(self) -> TileGrid:
         """--tiles and --tile-overlap, parsed once."""
         return self.engine.grid
-
-    @property
-    def outputs(self) -> Outputs:
-        """What the run writes and how."""
-        return outputs_of(self.opts)
 
     def __enter__(self) -> Plan:
         return self

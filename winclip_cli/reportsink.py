@@ -8,40 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write
-from .decision import CalibratedRule, ThresholdRule
 from .htmlreport import render_report
-from .options import LOCAL_DIR, RunOptions
 from .planning import Plan
 from .progress import Reporter
 from .resume import resume_key
-
-
-def run_info(p: Plan) -> dict[str, str]:
-    """What the report's header says was run."""
-    opts = p.opts
-    info = {
-        "command": opts.command,
-        "model": opts.model.model,
-        "weights": _weights(opts),
-        "class": opts.class_name,
-        "mode": "few-shot (WinCLIP+)" if opts.ref is not None else "zero-shot (WinCLIP)",
-        "inputs": ", ".join(str(p) for p in opts.inputs),
-    }
-    if opts.ref is not None:
-        info["references"] = f"{opts.ref} (K = {opts.k or 'from the bank or 4'})"
-    if isinstance(p.rule, ThresholdRule):
-        info["threshold"] = f"{p.rule.threshold:g}"
-    elif isinstance(p.rule, CalibratedRule) and p.calibration is not None:
-        info["calibration"] = f"{opts.calibration} (n = {p.calibration.n})"
-        info["false-alarm rate"] = f"{p.rule.alpha:g}: anomalous above {p.rule.threshold:.6f}"
-    return info
-
-
-def _weights(opts: RunOptions) -> str:
-    m = opts.model
-    if m.weights is not None:
-        return str(m.weights)
-    return "from the model folder" if m.model.startswith(LOCAL_DIR) else str(m.pretrained)
 
 
 class ReportSink:
@@ -68,7 +38,7 @@ class ReportSink:
             text = render_report(
                 self.rows + left,
                 output=self.path,
-                run_info=run_info(self.plan),
+                run_info=self.plan.report_header,
                 threshold=None if self.plan.rule is None else self.plan.rule.threshold,
                 calibration_scores=calibration_scores,
                 incomplete=incomplete,
