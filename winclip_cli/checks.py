@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .backbone import resolve_device, resolve_precision
 from .bank import ReferenceBank, load_bank
-from .engines.registry import check_engine
 from .errors import BankFileError, PromptFileError, UsageError
 from .options import (
     MAP_DTYPES,
@@ -133,13 +132,13 @@ def check_numbers(opts: RunOptions) -> None:
 
 
 def _check_scale_out(opts: RunOptions) -> None:
-    """--shard and the engine options (Ray itself is looked for here: exit 2 if absent)."""
+    """--shard (the engine's own options are checked where its session is opened:
+    planning, through engines.registry)."""
     if opts.shard is not None:
         try:
             parse_shard(opts.shard)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    check_engine(opts)
 
 
 def _check_maps_mode(opts: RunOptions) -> None:

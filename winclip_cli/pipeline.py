@@ -20,7 +20,7 @@ from .bank import save_bank
 from .data import InputImage, decode_tiles, open_image
 from .decision import CalibratedRule
 from .engines import Engine, ImageResult
-from .engines.registry import build_engine, engine_session
+from .engines.registry import build_engine
 from .engines.scorer import Scorer
 from .errors import BankMismatchError, ExitCode, ImageReadError, Interrupted, UsageError
 from .interrupts import interruptible
@@ -65,18 +65,17 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         return tally.exit_code(p.fail_on_anomaly)
     with interruptible() as section:
         try:
-            with engine_session(p.engine):  # before the model: an unreachable cluster fails fast
-                scorer = load_scorer(p, reporter, model)
-                if resumed.manifest is not None and p.rows_file is not None:
-                    weights = scorer.model.backbone.weights_id
-                    refuse_other_weights(p.rows_file.path, resumed.recorded_weights, weights)
-                    resumed.manifest.weights = weights
-                    with section():
-                        resumed.manifest.write(p.rows_file.path)
-                engine = build_engine(p.engine, scorer, reporter.warn)
-                _say_threshold(p, reporter)
-                with RowSink(p, tally, section, on_row) as sink:
-                    _score(p, engine, sink, reporter)
+            scorer = load_scorer(p, reporter, model)  # the engine's session is the Plan's
+            if resumed.manifest is not None and p.rows_file is not None:
+                weights = scorer.model.backbone.weights_id
+                refuse_other_weights(p.rows_file.path, resumed.recorded_weights, weights)
+                resumed.manifest.weights = weights
+                with section():
+                    resumed.manifest.write(p.rows_file.path)
+            engine = build_engine(p.engine, scorer, reporter.warn)
+            _say_threshold(p, reporter)
+            with RowSink(p, tally, section, on_row) as sink:
+                _score(p, engine, sink, reporter)
         except Interrupted as stop:
             reporter.stop()
             done = tally.ok + tally.errors

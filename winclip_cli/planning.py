@@ -9,6 +9,7 @@ with --resume, cuts a torn last row off it. The Plan holds that file until it is
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ from .checks import (
 from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
 from .engines import EngineSpec
+from .engines.registry import checked_session
 from .errors import UsageError
 from .manifest import manifest_path
 from .options import (
@@ -35,12 +37,13 @@ from .options import (
     RunOptions,
     default_workers,
 )
-from .outputs import OverlayStyle, output_name
+from .outputs import output_name
 from .paths import check_out_dir, check_writable_file, is_within, refuse_overwriting
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
 from .rows import RowsFile, columns
+from .run_outputs import Outputs, outputs_of, run_header
 from .settings import RunFacts, apply_to_options, load_for_run, run_settings
 from .shards import parse_shard, shard_of
 from .tiling import TileGrid
@@ -59,69 +62,6 @@ class References:
     skipped: list[str] = field(default_factory=list)  # why unreadable images were passed over
     bank: ReferenceBank | None = None
     save_to: Path | None = None  # --save-bank
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """What a run writes and how: the rows (format, file or stdout), the images (folder,
-    overlay style, maps, masks) and the report; decided once, read by RowSink."""
-
-    fmt: str  # a key of rows.FORMATS
-    to_stdout: bool
-    where: str  # where the rows go, for messages: "stdout" or the -o file
-    resume_hint: str  # how to continue the run, for messages ('' for stdout)
-    appending: bool  # --resume: rows are added to the file's (unless it is rewritten)
-    maps: bool  # overlays (segment, fewshot)
-    out_dir: Path
-    style: OverlayStyle
-    save_maps: bool
-    save_masks: bool
-    report: Path | None
-
-
-def outputs_of(opts: RunOptions) -> Outputs:
-    """The outputs of a run's options."""
-    return Outputs(
-        fmt=opts.fmt,
-        to_stdout=opts.to_stdout,
-        where="stdout" if opts.to_stdout else str(opts.output),
-        resume_hint=opts.resume_hint,
-        appending=opts.resume,
-        maps=opts.maps,
-        out_dir=opts.out_dir,
-        style=OverlayStyle(opts.overlay_format, opts.overlay_max_side, opts.map_dtype),
-        save_maps=opts.save_maps,
-        save_masks=opts.save_masks,
-        report=opts.report,
-    )
-
-
-def run_header(
-    opts: RunOptions, rule: DecisionRule | None, cal: Calibration | None
-) -> dict[str, str]:
-    """What the report's header says was run."""
-    m = opts.model
-    weights = str(m.pretrained)
-    if m.weights is not None:
-        weights = str(m.weights)
-    elif m.model.startswith(LOCAL_DIR):
-        weights = "from the model folder"
-    info = {
-        "command": opts.command,
-        "model": m.model,
-        "weights": weights,
-        "class": opts.class_name,
-        "mode": "few-shot (WinCLIP+)" if opts.ref is not None else "zero-shot (WinCLIP)",
-        "inputs": ", ".join(str(p) for p in opts.inputs),
-    }
-    if opts.ref is not None:
-        info["references"] = f"{opts.ref} (K = {opts.k or 'from the bank or 4'})"
-    if isinstance(rule, ThresholdRule):
-        info["threshold"] = f"{rule.threshold:g}"
-    elif isinstance(rule, CalibratedRule) and cal is not None:
-        info["calibration"] = f"{opts.calibration} (n = {cal.n})"
-        info["false-alarm rate"] = f"{rule.alpha:g}: anomalous above {rule.threshold:.6f}"
-    return info
 
 
 @dataclass
@@ -148,6 +88,7 @@ class Plan:
     settle: float = field(init=False)  # --settle, named in messages
     fail_on_anomaly: bool = field(init=False)
     report_header: dict[str, str] = field(init=False)  # what the --report says was run
+    session: ExitStack = field(default_factory=ExitStack, init=False, repr=False)  # engine's
 
     def __post_init__(self) -> None:
         opts = self.opts
@@ -174,10 +115,17 @@ class Plan:
         self.close()
 
     def close(self) -> None:
-        """Release the -o file (removed again, with its manifest, when this run created it
-        and wrote nothing)."""
+        """Close the engine's session; release the -o file (removed again, with its
+        manifest, when this run created it and wrote nothing)."""
+        self.session.close()
         if self.rows_file is not None and self.rows_file.release():
             manifest_path(self.rows_file.path).unlink(missing_ok=True)
+
+    @property
+    def needs_model(self) -> bool:
+        """Something to score or a bank to save (an empty shard, a finished resume and
+        inputs all still settling load no model)."""
+        return bool(self.images) and (bool(self.todo) or self.references.save_to is not None)
 
     @property
     def kept(self) -> dict[str, dict[str, str]]:
@@ -345,7 +293,8 @@ def plan(opts: RunOptions) -> Plan:
     )
     spec = engine_spec(opts, prompts, rule)
     if opts.output is None or opts.to_stdout:
-        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal)
+        p = Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal)
+        return _with_engine(p)
     output = Path(opts.output)
     check_writable_file(output)
     rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
@@ -356,7 +305,20 @@ def plan(opts: RunOptions) -> Plan:
     except BaseException:
         rows_file.release()
         raise
-    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    p = Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    return _with_engine(p)
+
+
+def _with_engine(p: Plan) -> Plan:
+    """The engine's options checked and, when the run loads the model, its session
+    opened and held by the Plan: the last step of planning, so a session is never opened
+    for a run that other checks refuse."""
+    try:
+        p.session.enter_context(checked_session(p.opts, p.engine, p.needs_model))
+    except BaseException:
+        p.close()
+        raise
+    return p
 
 
 def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
@@ -392,4 +354,5 @@ def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
     if not images:
         raise UsageError("no known-good images left to calibrate on (all are references?)")
     spec = engine_spec(run, prompts)
-    return Plan(run, images, images, {}, prompts, refs, [], None, None, spec), left_out
+    p = Plan(run, images, images, {}, prompts, refs, [], None, None, spec)
+    return _with_engine(p), left_out

@@ -12,7 +12,7 @@ from contextlib import closing
 import numpy as np
 
 from ..calibration import Calibration, save_calibration, supported_rates
-from ..engines.registry import build_engine, engine_session
+from ..engines.registry import build_engine
 from ..errors import ExitCode, UsageError
 from ..model import WinClip
 from ..options import CalibrateOptions
@@ -34,7 +34,7 @@ def run_calibrate(
     scores: list[float] = []
     maxima: list[float] = []
     names: list[str] = []
-    with engine_session(p.engine):
+    with p:  # the engine's session
         scorer = load_scorer(p, reporter, model)
         engine = build_engine(p.engine, scorer, reporter.warn)
         with closing(scored(p.todo, engine, reporter, "calibrating")) as pairs:

@@ -7,8 +7,8 @@ here (and its CLI options); `--maps anomalous` wraps whichever engine is chosen.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -35,24 +35,24 @@ ENGINES: dict[str, EngineEntry] = {
 }
 
 
-def check_engine(opts: RunOptions) -> None:
-    """UsageError unless --engine names an engine and its options fit it."""
+def checked_session(
+    opts: RunOptions, spec: EngineSpec, connect: bool
+) -> AbstractContextManager[None]:
+    """UsageError unless --engine names an engine and its options fit it (at once, when
+    called); then what the engine needs around the run, to be entered before the model
+    loads (for Ray, the connection: an unreachable cluster fails fast), or nothing
+    unless ``connect`` (a run that loads no model)."""
     entry = ENGINES.get(opts.engine)
     if entry is None:
         raise UsageError(f"--engine {opts.engine!r}: use {' or '.join(ENGINES)}")
     entry.check(opts)
-
-
-@contextmanager
-def engine_session(spec: EngineSpec) -> Iterator[None]:
-    """What the engine needs around the run (for Ray, the connection to the cluster)."""
-    with ENGINES[spec.name].session(spec):
-        yield
+    return entry.session(spec) if connect else nullcontext()
 
 
 def build_engine(spec: EngineSpec, scorer: Scorer, warn: Callable[[str], None]) -> Engine:
-    """The engine of ``spec`` (inside engine_session); with --maps anomalous, that engine
-    twice: without maps for every image, with maps for the anomalous ones."""
+    """The engine of ``spec`` (inside its session, which the Plan holds); with --maps
+    anomalous, that engine twice: without maps for every image, with maps for the
+    anomalous ones."""
     build = ENGINES[spec.name].build
     if not spec.maps_only_anomalous:
         return build(spec, scorer, warn)
