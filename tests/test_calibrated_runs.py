@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.helpers import make_mvtec, read_csv, run_runner
 from tests.tiny_model import make_tiny_model
-from winclip_cli.calibration import load_calibration
+from winclip_cli.conformal import load_calibration
 from winclip_cli.data import InputImage, find_images
 from winclip_cli.outputs import CONTOUR_COLOUR, ColourScale, write_image_outputs
 from winclip_cli.references import pick_references

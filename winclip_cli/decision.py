@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .calibration import Calibration, is_anomalous, p_value
+from .conformal import Calibration, is_anomalous, p_value
 from .rows import SCORE_DECIMALS
 
 if TYPE_CHECKING:

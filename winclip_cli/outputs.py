@@ -17,7 +17,7 @@ from .tiling import stitch
 if TYPE_CHECKING:
     import torch
 
-    from .calibration import Calibration
+    from .conformal import Calibration
     from .data import InputImage
     from .tiling import Box
 

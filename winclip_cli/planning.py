@@ -49,7 +49,7 @@ from .shards import parse_shard, shard_of
 from .tiling import TileGrid
 
 if TYPE_CHECKING:
-    from .calibration import Calibration
+    from .conformal import Calibration
 
 
 @dataclass

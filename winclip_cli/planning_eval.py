@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .calibration import conformal_rank
 from .checks import check_model_options, check_numbers, prompt_file
+from .conformal import conformal_rank
 from .datasets import CategoryData, discover, is_dataset_file
 from .engines import EngineSpec
 from .errors import CalibrationError, DatasetError, UsageError

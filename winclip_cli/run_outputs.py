@@ -13,7 +13,7 @@ from .options import LOCAL_DIR, RunOptions
 from .outputs import OverlayStyle
 
 if TYPE_CHECKING:
-    from .calibration import Calibration
+    from .conformal import Calibration
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bank import ReferenceBank
-from .calibration import Calibration, check_settings, load_calibration
+from .conformal import Calibration, check_settings, load_calibration
 from .errors import CalibrationError, UsageError
 from .manifest import digest_of, file_identity
 from .options import DEFAULT_FALSE_ALARM_RATE, DEFAULT_SCALES, LOCAL_DIR, RunOptions

@@ -1,7 +1,7 @@
 """`winclip calibrate`: score known-good images exactly like the runs that will use the
 calibration (the same Plan, model, engine and loop), then write the calibration file.
 
-The formulas and the file are calibration.py's; what a calibration records is
+The formulas and the file are conformal.py's; what a calibration records is
 settings.py's.
 """
 
@@ -11,7 +11,7 @@ from contextlib import closing
 
 import numpy as np
 
-from ..calibration import Calibration, save_calibration, supported_rates
+from ..conformal import Calibration, save_calibration, supported_rates
 from ..engines.registry import build_engine
 from ..errors import ExitCode, UsageError
 from ..model import WinClip

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..calibration import Calibration
+from ..conformal import Calibration
 from ..data import InputImage
 from ..datasets import CategoryData, TestSample, load_mask
 from ..decision import ANOMALOUS, CalibratedRule

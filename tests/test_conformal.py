@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from winclip_cli.bank import ReferenceBank, save_bank
-from winclip_cli.calibration import (
+from winclip_cli.conformal import (
     Calibration,
     CalibrationError,
     check_settings,
