@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 
 from .atomic import atomic_write
 from .errors import UsageError
+from .report_verdicts import VERDICT_CSS, VERDICT_SCRIPT, verdict_data
 
 __all__ = ["ReportSummary", "build_report", "read_rows", "render_report"]
 
@@ -644,7 +645,9 @@ function col(name){
 }
 var nameCol=col('path'),shown=document.getElementById('shown-count');
 var more=document.getElementById('more'),PAGE=500,limit=PAGE;
-var filters=[['filter-label',col('label')],['filter-status',col('status')]];
+/* every select in the controls filters its column (the verdict script adds one) */
+var filters=Array.prototype.map.call(document.querySelectorAll('.controls select[data-col]'),
+  function(s){return [s.id,col(s.dataset.col)];});
 function text(row,c){return c<0?'':row.cells[c].textContent;}
 /* Only the first PAGE matching rows are laid out (hidden rows cost the browser nothing):
    sorting and filtering 10,000 rows stays quick; "show more" reveals the rest. */
@@ -664,7 +667,7 @@ function apply(){
   if(more)more.hidden=n<=limit;
 }
 function refilter(){limit=PAGE;apply();}
-['filter-name','filter-label','filter-status'].forEach(function(id){
+['filter-name'].concat(filters.map(function(f){return f[0];})).forEach(function(id){
   var el=document.getElementById(id);
   if(el){el.addEventListener('input',refilter);el.addEventListener('change',refilter);}
 });
@@ -696,8 +699,9 @@ def _digest(text: str) -> str:
 # Defence in depth: the page may run its own script and style only (by hash), and load
 # nothing but data: images. Even markup that escaped escaping could not run or fetch.
 CONTENT_POLICY = (
-    f"default-src 'none'; img-src data:; style-src {_digest(CSS)}; "
-    f"script-src {_digest(SCRIPT)}; form-action 'none'; base-uri 'none'"
+    f"default-src 'none'; img-src data:; style-src {_digest(CSS)} {_digest(VERDICT_CSS)}; "
+    f"script-src {_digest(SCRIPT)} {_digest(VERDICT_SCRIPT)}; form-action 'none'; "
+    "base-uri 'none'"
 )
 
 
@@ -783,7 +787,8 @@ def _render(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_POLICY}">',
         '<meta name="referrer" content="no-referrer">',
-        f"<title>{_t(heading)}</title><style>{CSS}</style></head><body>",
+        f"<title>{_t(heading)}</title><style>{CSS}</style><style>{VERDICT_CSS}</style>"
+        "</head><body>",
         f"<header><h1>{_t(heading)}</h1>",
     ]
     if incomplete:
@@ -863,7 +868,8 @@ def _render(
         if len(notes) > MAX_NOTES_SHOWN:
             out.append(f"<li>… and {len(notes) - MAX_NOTES_SHOWN} more")
         out.append("</ul></section>")
-    out.append(f"</main><script>{SCRIPT}</script></body></html>\n")
+    out.append(f"</main>{verdict_data(rows, run_info)}<script>{VERDICT_SCRIPT}</script>")
+    out.append(f"<script>{SCRIPT}</script></body></html>\n")
     return "".join(out), len(cards), notes
 
 
