@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from .errors import UsageError
 from .verdicts import DEFECT, FALSE_ALARM, VerdictSet
 
 CONFIDENCE = 0.95
@@ -163,7 +164,7 @@ def _flagged(row: Mapping[str, str], alpha: float, calibration: Sequence[float] 
     if label:
         return _is_alarm(label)
     if calibration is None:
-        raise ValueError("rows without a label need the calibration to decide them")
+        raise UsageError("rows without a label need --calibration to decide them")
     try:
         score = float(row.get("score", ""))
     except ValueError:
@@ -232,6 +233,11 @@ def _percent(value: float) -> str:
     return f"{value:.2%}" if value < 0.1 else f"{value:.1%}"
 
 
+def _rate(alpha: float) -> str:
+    """A promised rate as the runs' option wrote it, and in percent: '0.01 (1%)'."""
+    return f"{alpha:g} ({alpha * 100:.4g}%)"
+
+
 def _share(p: Proportion) -> str:
     if p.rate is None or p.interval is None:
         return f"{p.count} of {p.total}"
@@ -243,9 +249,9 @@ def _share(p: Proportion) -> str:
 
 
 def _drift_lines(d: Drift) -> list[tuple[str, str]]:
-    promise = f"{d.promised:g}"
+    promise = _rate(d.promised)
     if d.calibration_n is not None:
-        promise += f" (calibration of n = {d.calibration_n} known-good images)"
+        promise += f", from a calibration of n = {d.calibration_n} known-good images"
     lines = [
         ("images in the runs", f"{d.images} ({d.flagged} flagged)"),
         ("flagged, not reviewed", f"{d.flagged_unreviewed} (not counted as false alarms)"),
@@ -259,14 +265,14 @@ def _drift_lines(d: Drift) -> list[tuple[str, str]]:
 def verdict_of_drift(d: Drift) -> str:
     """The plain sentence on the promise."""
     if not d.drifted:
-        return f"The promise held: the observed false-alarm rate is not above {d.promised:g}."
+        return f"The promise held: the observed false-alarm rate is not above {_rate(d.promised)}."
     strength = (
         f"the promise is broken at the 5% level (p = {d.p_value:.3g})"
         if d.broken
         else f"not yet significant at the 5% level (p = {d.p_value:.3g})"
     )
     return (
-        f"The observed false-alarm rate is above the promised {d.promised:g}: {strength}. "
+        f"The observed false-alarm rate is above the promised {_rate(d.promised)}: {strength}. "
         "The line has drifted from its calibration images (camera, light, material): "
         "recalibrate on recent known-good images."
     )
