@@ -65,9 +65,9 @@ def line(tmp_path, model, monkeypatch):  # noqa: F811
     return tmp_path, flagged[-1]["path"], [r["path"] for r in rows.values() if r not in flagged]
 
 
-def apply(tiny, *files: Path, cal: str = "zero.cal", out: str = "new.cal", **kw):
+def apply(tiny, *files: Path, cal: str = "zero.cal", out: str = "new.cal", said=None, **kw):
     request = ApplyRequest(list(files), Path(cal), Path(out), false_alarm_rate=float(RATE), **kw)
-    said: list[str] = []
+    said = [] if said is None else said
     scoring = calibration_scorer(ModelOptions(model=tiny["local_dir"]), Path(cal))
     return apply_verdicts(request, scoring, said.append), said
 
@@ -152,6 +152,15 @@ def test_a_few_shot_bank_grows_and_knows_itself(tmp_path, tiny, model, monkeypat
     new = load_calibration("new.cal")
     assert new.bank is not None and new.bank.num_images == 3
     assert new.settings["k"] == 3 and "mode_change" not in new.lineage[0]
+    # into the calibration set, a reference never goes either (it would score low)
+    said = []
+    try:
+        apply(tiny, verdicts, cal="few.cal", out="cal.cal", into="calibration", said=said)
+    except UsageError:  # c0 may not be above the threshold: then nothing is left to add
+        assert not Path("cal.cal").exists()
+    else:
+        assert "cand/ref-copy.png" not in load_calibration("cal.cal").images
+    assert any("ref-copy.png: a reference image of the bank" in s for s in said)
     # once added, the image is skipped by the next apply (the lineage remembers it)
     with pytest.raises(UsageError, match="no false alarm left to add"):
         apply(tiny, write_verdicts(tmp_path / "w.csv", ("cand/c0.png", "false_alarm")),

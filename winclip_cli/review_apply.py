@@ -19,20 +19,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from . import __version__
 from .cache import ReferenceBank
 from .calibration import Calibration, load_calibration, save_calibration
 from .data import InputImage, open_image
 from .errors import CalibrationError, ImageReadError, UsageError, exception_reason
-from .manifest import digest_of, file_identity
+from .manifest import file_identity
 from .options import DEFAULT_FALSE_ALARM_RATE
+from .review_lineage import added_before, lineage_record
 from .review_scoring import Scoring
 from .scoring import association
 from .verdicts import DEFECT, FALSE_ALARM, Verdict, VerdictSet, read_verdicts
@@ -139,16 +137,6 @@ def _calibration_hashes(cal: Calibration, root: Path | None) -> dict[str, str]:
     return hashes
 
 
-def _added_before(cal: Calibration) -> dict[str, str]:
-    """Content hash -> how, of the images earlier `review apply` runs added."""
-    return {
-        entry["sha256"]: str(entry.get("how", "?"))
-        for record in cal.lineage
-        for entry in record.get("added", [])
-        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-    }
-
-
 def sort_out(
     candidates: list[Candidate], cal: Calibration, root: Path | None
 ) -> tuple[list[Candidate], list[str]]:
@@ -156,7 +144,7 @@ def sort_out(
     file, a calibration image (by name or content), or an image added before."""
     in_set = _calibration_hashes(cal, root)
     names = {os.path.normpath(n) for n in cal.images}
-    before = _added_before(cal)
+    before = added_before(cal)
     kept: list[Candidate] = []
     seen: dict[str, str] = {}
     notes = []
@@ -250,11 +238,16 @@ def into_calibration(
     """The calibration with ``kept`` among its known-good images, each scored under the
     unchanged bank; an image not above the old threshold at ``rate`` is skipped (it
     could lower the threshold)."""
+    notes = []
+    if cal.bank is not None:  # a reference matches itself: its score would be biased low
+        references = [c for c in kept if already_in(scoring.bank_part(c.path), cal.bank)]
+        notes += [f"{c.verdict.path}: a reference image of the bank, skipped" for c in references]
+        kept = [c for c in kept if c not in references]
     if not kept:
-        return cal, [], []
+        return cal, [], notes
     cut = cal.threshold(rate)
     scored = scoring.score(_inputs([(c.verdict.path, c.path) for c in kept]), cal.bank)
-    added, scores, maxima, notes = [], [], [], []
+    added, scores, maxima = [], [], []
     for c, (score, peak) in zip(kept, scored, strict=True):
         if score <= cut:
             notes.append(
@@ -276,50 +269,6 @@ def into_calibration(
         [*cal.images, *(c.verdict.path for c in added)],
     )
     return new, added, notes
-
-
-# ----------------------------------------------------------------------------- lineage
-
-
-def lineage_record(
-    request: ApplyRequest,
-    old: Calibration,
-    old_sha256: str,
-    verdicts: VerdictSet,
-    added: list[Candidate],
-    skipped: list[str],
-) -> dict[str, Any]:
-    """What this `review apply` did, for the new file's lineage."""
-    record: dict[str, Any] = {
-        "command": "review apply",
-        "winclip": __version__,
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "into": request.into,
-        "from": {
-            "file": str(request.calibration),
-            "sha256": old_sha256,
-            "settings": digest_of(old.settings),
-            "n": old.n,
-            "mode": old.settings.get("mode"),
-        },
-        "verdict_files": [{"file": str(f.path), "sha256": f.sha256} for f in verdicts.files],
-        "verdicts": [
-            {
-                "path": v.path,
-                "verdict": v.verdict,
-                "note": v.note,
-                "reviewed_at": None if v.reviewed_at is None else v.reviewed_at.isoformat(),
-            }
-            for v in verdicts.by_path.values()
-        ],
-        "added": [{"path": c.verdict.path, "sha256": c.sha256, "how": request.into} for c in added],
-        "skipped": list(skipped),
-    }
-    if request.into == "calibration":
-        record["false_alarm_rate"] = request.false_alarm_rate
-    if request.into == "bank" and old.bank is None and added:
-        record["mode_change"] = "zero-shot -> few-shot (WinCLIP+): runs now use the bank"
-    return record
 
 
 def _thresholds(old: Calibration, new: Calibration, rate: float) -> tuple[float, float] | None:
@@ -367,7 +316,16 @@ def apply_verdicts(
             f"no false alarm left to add ({len(candidates)} false alarm(s), "
             f"{defects} defect(s)): {request.output} not written"
         )
-    record = lineage_record(request, old, old_sha256, verdicts, added, notes)
+    record = lineage_record(
+        request.into,
+        request.calibration,
+        old,
+        old_sha256,
+        verdicts,
+        [(c.verdict.path, c.sha256) for c in added],
+        notes,
+        request.false_alarm_rate,
+    )
     new.lineage = [*old.lineage, record]
     save_calibration(new, request.output)
     result = ApplyResult(new, [c.verdict.path for c in added], notes)
