@@ -1,0 +1,61 @@
+"""The review loop end to end (issue 20's "done when"): a calibrated segment run and its
+report; in chromium a reviewer marks the flagged part "False alarm" and exports;
+`review apply` teaches it back; the next run no longer flags that part."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from tests.test_calibrated_runs import make_images
+from tests.test_cli import model, read_csv, run_runner  # noqa: F401 - `model` is a fixture
+from tests.test_report_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
+from tests.test_review_apply import make_odd_images
+from winclip_cli.errors import ExitCode
+from winclip_cli.progress import Reporter
+from winclip_cli.report import build_report
+from winclip_cli.review import ReviewApplyOptions, run_review_apply
+
+
+def flagged_parts(cal: str, model: list[str], rows: str) -> list[str]:  # noqa: F811
+    args = ["segment", "cand", "--calibration", cal, "--false-alarm-rate", "0.05"]
+    outcome = run_runner([*args, "--out", "out", "-o", rows, *model])
+    assert outcome.code == 0, outcome.stderr
+    return [r["path"] for r in read_csv(Path(rows).read_text())[1] if r["label"] == "anomalous"]
+
+
+def test_mark_export_apply_and_the_part_is_no_longer_flagged(tmp_path, model, monkeypatch):  # noqa: F811
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    monkeypatch.chdir(tmp_path)
+    make_images(tmp_path / "good", 24, seed=1)
+    made = run_runner(["calibrate", "good", "--class", "screw", "-o", "line.cal", *model])
+    assert made.code == 0, made.stderr
+    make_odd_images(tmp_path / "cand")
+    flagged = flagged_parts("line.cal", model, "monday.csv")
+    assert flagged
+    build_report([Path("monday.csv")], Path("monday.html"))
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "monday.html").as_uri(), wait_until="load")
+            for path in flagged:
+                card = page.locator(".card", has=page.locator(".path code", has_text=path))
+                card.get_by_role("button", name="False alarm").click()
+            expect(page.locator("#verdict-count")).to_contain_text(f"{len(flagged)} reviewed")
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Export verdicts").click()
+            download.value.save_as(tmp_path / "verdicts.csv")
+        finally:
+            browser.close()
+
+    said = io.StringIO()
+    opts = ReviewApplyOptions([Path("verdicts.csv")], Path("line.cal"), Path("line2.cal"))
+    opts.workers = 0
+    assert run_review_apply(opts, Reporter(stream=said)) == ExitCode.OK
+    assert f"{len(flagged)} false alarm(s) added to the reference bank" in said.getvalue()
+    again = flagged_parts("line2.cal", model, "tuesday.csv")
+    assert not set(flagged) & set(again), again
