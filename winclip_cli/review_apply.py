@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +32,6 @@ from .errors import CalibrationError, ImageReadError, UsageError, exception_reas
 from .manifest import file_identity
 from .options import DEFAULT_FALSE_ALARM_RATE
 from .review_lineage import added_before, lineage_record
-from .review_scoring import Scoring
 from .scoring import association
 from .verdicts import DEFECT, FALSE_ALARM, Verdict, VerdictSet, read_verdicts
 
@@ -74,6 +74,25 @@ class ApplyResult:
     added: list[str]
     notes: list[str] = field(default_factory=list)
     thresholds: tuple[float, float] | None = None  # old, new at false_alarm_rate
+
+
+class Scoring(Protocol):
+    """The model side of `review apply`."""
+
+    def settings(self, bank: ReferenceBank | None) -> dict[str, Any]:
+        """The calibration fingerprint of runs with this model and ``bank``."""
+        ...
+
+    def bank_part(self, path: Path) -> ReferenceBank:
+        """One image's bank entries: each of its tiles, as the calibration tiles."""
+        ...
+
+    def score(
+        self, images: Sequence[InputImage], bank: ReferenceBank | None
+    ) -> list[tuple[float, float]]:
+        """(image score, map maximum) of each image under ``bank``; UsageError naming an
+        image that cannot be read or scored."""
+        ...
 
 
 def resolve(name: str, root: Path | None) -> Path:

@@ -4,7 +4,7 @@ images (their image score and map maximum) exactly as the calibration's runs do.
 ``CalibrationScorer`` loads the calibration's model with its recorded prompts and
 temperature, refuses one whose settings differ (another model, other weights), and runs
 the local engine, tiled by the calibration's grid. review_apply.py only sees the small
-``Scoring`` protocol, so its logic is tested without a model where it can be.
+``Scoring`` protocol (its own), so its logic is tested without a model where it can be.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .cache import ReferenceBank
 from .calibrate import check_loaded, fingerprint
@@ -28,30 +28,10 @@ from .tiling import TileGrid, TileGridError, grid_meta
 
 __all__ = [
     "CalibrationScorer",
-    "Scoring",
     "calibration_scorer",
     "grid_of_settings",
     "model_options_for",
 ]
-
-
-class Scoring(Protocol):
-    """The model side of `review apply`."""
-
-    def settings(self, bank: ReferenceBank | None) -> dict[str, Any]:
-        """The calibration fingerprint of runs with this model and ``bank``."""
-        ...
-
-    def bank_part(self, path: Path) -> ReferenceBank:
-        """One image's bank entries: each of its tiles, as the calibration tiles."""
-        ...
-
-    def score(
-        self, images: Sequence[InputImage], bank: ReferenceBank | None
-    ) -> list[tuple[float, float]]:
-        """(image score, map maximum) of each image under ``bank``; UsageError naming an
-        image that cannot be read or scored."""
-        ...
 
 
 def grid_of_settings(settings: dict[str, Any]) -> TileGrid:
