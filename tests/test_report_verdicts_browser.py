@@ -18,7 +18,7 @@ from tests.test_report_browser import (  # noqa: F401 - segment_run is a fixture
     _require_browser,
     segment_run,
 )
-from winclip_cli.report import build_report
+from winclip_cli.commands.report import build_report
 from winclip_cli.verdicts import VERDICT_COLUMNS, read_verdict_file
 
 HOSTILE_NOTE = '<img src=x onerror=alert(1)>, "glare", again'

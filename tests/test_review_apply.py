@@ -4,6 +4,7 @@ refusal (exit 2, nothing written)."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -11,13 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import read_csv, run_runner
 from tests.test_calibrated_runs import make_images
-from tests.test_cli import model, read_csv, run_runner  # noqa: F401 - `model` is a fixture
 from winclip_cli.calibration import load_calibration
+from winclip_cli.commands.review_model import calibration_scorer
 from winclip_cli.errors import UsageError
 from winclip_cli.options import ModelOptions
+from winclip_cli.progress import Reporter
 from winclip_cli.review_apply import ApplyRequest, apply_verdicts
-from winclip_cli.review_scoring import calibration_scorer
 from winclip_cli.verdicts import VERDICT_COLUMNS, VerdictFileError
 
 RATE = "0.05"  # 24 calibration images support rates from 1/25
@@ -34,7 +36,7 @@ def make_odd_images(folder: Path, count: int = 8) -> None:
         Image.fromarray(pixels).save(folder / f"c{i}.png")
 
 
-def score_rows(cal: str, model: list[str], cwd: Path, *paths: str) -> dict[str, dict]:  # noqa: F811
+def score_rows(cal: str, model: list[str], cwd: Path, *paths: str) -> dict[str, dict]:
     args = ["score", *(paths or ("cand",)), "--calibration", cal, "--false-alarm-rate", RATE]
     outcome = run_runner([*args, *model], cwd=cwd)
     assert outcome.code == 0, outcome.stderr
@@ -49,7 +51,7 @@ def write_verdicts(path: Path, *rows: tuple[str, str]) -> Path:
 
 
 @pytest.fixture()
-def line(tmp_path, model, monkeypatch):  # noqa: F811
+def line(tmp_path, model, monkeypatch):
     """A zero-shot calibration on 24 good images, and striped parts some of which it flags;
     the current folder is the run's (rows name files relative to it)."""
     monkeypatch.chdir(tmp_path)
@@ -68,11 +70,12 @@ def line(tmp_path, model, monkeypatch):  # noqa: F811
 def apply(tiny, *files: Path, cal: str = "zero.cal", out: str = "new.cal", said=None, **kw):
     request = ApplyRequest(list(files), Path(cal), Path(out), false_alarm_rate=float(RATE), **kw)
     said = [] if said is None else said
-    scoring = calibration_scorer(ModelOptions(model=tiny["local_dir"]), Path(cal))
+    reporter = Reporter(stream=io.StringIO())
+    scoring = calibration_scorer(ModelOptions(model=tiny["local_dir"]), Path(cal), reporter)
     return apply_verdicts(request, scoring, said.append), said
 
 
-def test_into_bank_the_false_alarm_is_no_longer_flagged(line, tiny, model):  # noqa: F811
+def test_into_bank_the_false_alarm_is_no_longer_flagged(line, tiny, model):
     folder, false_alarm, normal = line
     verdicts = write_verdicts(
         folder / "verdicts.csv", (false_alarm, "false_alarm"), (normal[0], "defect")
@@ -100,7 +103,7 @@ def test_into_bank_the_false_alarm_is_no_longer_flagged(line, tiny, model):  # n
     assert rows[false_alarm]["label"] == "normal", rows
 
 
-def test_into_calibration_raises_the_threshold_and_keeps_the_bank(line, tiny, model):  # noqa: F811
+def test_into_calibration_raises_the_threshold_and_keeps_the_bank(line, tiny, model):
     folder, false_alarm, _normal = line
     verdicts = write_verdicts(folder / "v.csv", (false_alarm, "false_alarm"))
     result, _said = apply(tiny, verdicts, into="calibration")
@@ -127,7 +130,7 @@ def test_into_calibration_skips_an_image_below_the_threshold(line, tiny):
     assert any(normal[0] in s and "could lower the threshold" in s for s in said)
 
 
-def test_a_few_shot_bank_grows_and_knows_itself(tmp_path, tiny, model, monkeypatch):  # noqa: F811
+def test_a_few_shot_bank_grows_and_knows_itself(tmp_path, tiny, model, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_images(tmp_path / "good", 24, seed=1)
     args = ["calibrate", "good", "--ref", "good", "--k", "2", "--class", "screw", "-o", "few.cal"]
@@ -168,7 +171,7 @@ def test_a_few_shot_bank_grows_and_knows_itself(tmp_path, tiny, model, monkeypat
     assert not Path("newer.cal").exists()
 
 
-def test_a_tiled_calibration_adds_every_tile(tmp_path, tiny, model, monkeypatch):  # noqa: F811
+def test_a_tiled_calibration_adds_every_tile(tmp_path, tiny, model, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_images(tmp_path / "good", 24, seed=1, size=64)
     made = run_runner(["calibrate", "good", "--tiles", "2x2", "-o", "tiled.cal", *model])

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import read_csv, run_runner
 from tests.test_calibrated_runs import make_images
-from tests.test_cli import model, read_csv, run_runner  # noqa: F401 - `model` is a fixture
 from tests.test_review_apply import make_odd_images, write_verdicts
 from winclip_cli.calibration import load_calibration
-from winclip_cli.errors import ExitCode, UsageError
-from winclip_cli.manifest import RunManifest
-from winclip_cli.progress import Reporter
-from winclip_cli.review import (
+from winclip_cli.commands.review import (
     ReviewApplyOptions,
     ReviewStatsOptions,
     run_review_apply,
     run_review_stats,
 )
+from winclip_cli.errors import ExitCode, UsageError
+from winclip_cli.manifest import RunManifest
+from winclip_cli.progress import Reporter
 from winclip_cli.verdicts import VERDICT_COLUMNS
 
 
@@ -34,7 +34,7 @@ def quiet() -> tuple[Reporter, io.StringIO]:
 
 def stats(opts: ReviewStatsOptions) -> tuple[ExitCode, str]:
     out = io.StringIO()
-    code = run_review_stats(opts, out, quiet()[0])
+    code = run_review_stats(opts, quiet()[0], out)
     return code, out.getvalue()
 
 
@@ -117,7 +117,7 @@ def test_stats_refusals(tmp_path):
 
 def test_a_real_calibrated_week_then_apply_with_the_calibrations_own_model(
     tmp_path,
-    model,  # noqa: F811
+    model,
     monkeypatch,
 ):
     """Runs with a calibration write manifests that name the rate; stats reads them; apply

@@ -7,24 +7,24 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from tests.helpers import read_csv, run_runner
 from tests.test_calibrated_runs import make_images
-from tests.test_cli import model, read_csv, run_runner  # noqa: F401 - `model` is a fixture
 from tests.test_report_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
 from tests.test_review_apply import make_odd_images
+from winclip_cli.commands.report import build_report
+from winclip_cli.commands.review import ReviewApplyOptions, run_review_apply
 from winclip_cli.errors import ExitCode
 from winclip_cli.progress import Reporter
-from winclip_cli.report import build_report
-from winclip_cli.review import ReviewApplyOptions, run_review_apply
 
 
-def flagged_parts(cal: str, model: list[str], rows: str) -> list[str]:  # noqa: F811
+def flagged_parts(cal: str, model: list[str], rows: str) -> list[str]:
     args = ["segment", "cand", "--calibration", cal, "--false-alarm-rate", "0.05"]
     outcome = run_runner([*args, "--out", "out", "-o", rows, *model])
     assert outcome.code == 0, outcome.stderr
     return [r["path"] for r in read_csv(Path(rows).read_text())[1] if r["label"] == "anomalous"]
 
 
-def test_mark_export_apply_and_the_part_is_no_longer_flagged(tmp_path, model, monkeypatch):  # noqa: F811
+def test_mark_export_apply_and_the_part_is_no_longer_flagged(tmp_path, model, monkeypatch):
     _require_browser()
     from playwright.sync_api import expect, sync_playwright
 

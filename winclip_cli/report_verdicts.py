@@ -1,7 +1,7 @@
-"""The report's review verdicts: the script and style (package data beside this module)
+"""The report's review verdicts: the script and style (package data in report_assets/)
 and the data they read, embedded in the page.
 
-report.py adds three things to the page: ``VERDICT_CSS`` in a <style>, and before its
+htmlreport.py adds three things to the page: ``VERDICT_CSS`` in a <style>, and before its
 own script ``verdict_data(rows, run_info)`` (a JSON block the browser never runs) and
 ``VERDICT_SCRIPT``; the page's Content-Security-Policy names both by hash. The data holds
 each row's path exactly as the rows file has it (the exported ``verdicts.csv`` must name
@@ -21,12 +21,9 @@ RUN_ID_KEYS = ("run id", "run_id")  # what a run's header may call its id (logs,
 DATA_FIELDS = ("path", "score", "label", "p_value", "status")
 
 
-def _package_text(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-
-
-VERDICT_SCRIPT = _package_text("report_verdicts.js")
-VERDICT_CSS = _package_text("report_verdicts.css")
+_ASSETS = resources.files("winclip_cli") / "report_assets"
+VERDICT_SCRIPT = (_ASSETS / "verdicts.js").read_text(encoding="utf-8")
+VERDICT_CSS = (_ASSETS / "verdicts.css").read_text(encoding="utf-8")
 
 
 def run_key(rows: Sequence[Mapping[str, str]], run_info: Mapping[str, str] | None) -> str:

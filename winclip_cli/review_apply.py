@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .cache import ReferenceBank
+from .bank import ReferenceBank
 from .calibration import Calibration, load_calibration, save_calibration
 from .data import InputImage, open_image
 from .errors import CalibrationError, ImageReadError, UsageError, exception_reason

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .calibration import Calibration
 from .manifest import digest_of
 from .verdicts import VerdictSet
+from .version import __version__
 
 
 def added_before(cal: Calibration) -> dict[str, str]:

@@ -1,30 +1,29 @@
 """`winclip review apply` and `winclip review stats`: options -> one call -> exit code.
 
 The logic is review_apply.py's and review_stats.py's; this module reads the files the
-commands name (verdicts, rows and their manifests, the calibration), loads the model
-for apply, and says what happened on stderr (Reporter). No Typer here.
+commands name (verdicts, rows and their manifests, the calibration), has the model
+loaded for apply (review_model.py), and says what happened on stderr (Reporter).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from .calibration import Calibration, load_calibration
-from .errors import ExitCode, UsageError
-from .manifest import digest_of, read_manifest
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_FALSE_ALARM_RATE, ModelOptions, default_workers
+from ..calibration import Calibration, load_calibration
+from ..errors import ExitCode, UsageError
+from ..manifest import digest_of, read_manifest
+from ..options import DEFAULT_BATCH_SIZE, DEFAULT_FALSE_ALARM_RATE, ModelOptions, default_workers
+from ..progress import Reporter
+from ..review_apply import INTO, ApplyRequest, apply_verdicts
+from ..review_stats import review_stats, stats_table
+from ..verdicts import read_verdicts
 from .report import read_rows
-from .review_apply import INTO, ApplyRequest, apply_verdicts
-from .review_scoring import CalibrationScorer, calibration_scorer
-from .review_stats import review_stats, stats_table
-from .verdicts import read_verdicts
-
-if TYPE_CHECKING:
-    from .progress import Reporter
+from .review_model import CalibrationScorer, calibration_scorer
 
 STATS_FORMATS = ("text", "json")
 RATE_SETTING = "--false-alarm-rate"  # how a run manifest records the rate
@@ -85,11 +84,8 @@ def run_review_apply(opts: ReviewApplyOptions, reporter: Reporter) -> ExitCode:
     workers = default_workers() if opts.workers is None else opts.workers
 
     def scoring(cal: Calibration) -> CalibrationScorer:
-        reporter.stage("loading the calibration's model")
-        make = calibration_scorer(
-            _model_of(cal, opts), opts.calibration, opts.batch_size, workers, reporter.warn
-        )
-        return make(cal)
+        model = _model_of(cal, opts)
+        return calibration_scorer(model, opts.calibration, reporter, opts.batch_size, workers)(cal)
 
     result = apply_verdicts(request, scoring, reporter.info)
     how = "reference bank" if opts.into == "bank" else "calibration set"
@@ -132,11 +128,38 @@ def _manifest_rate(
     return (rates.pop() if rates else None), notes
 
 
-def run_review_stats(opts: ReviewStatsOptions, out: TextIO, reporter: Reporter) -> ExitCode:
-    """Print the review's figures (review_stats); exit 1 with --fail-on-drift when the
-    promised false-alarm rate is broken at the 5% level."""
+def _is_rows_file(path: Path) -> bool:
+    """A rows file (CSV with path but no verdict column, or JSON lines), by its first line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline().lstrip("\ufeff").strip()
+    except OSError:
+        return False
+    if first.startswith("{"):
+        return True
+    columns = [c.strip() for c in first.split(",")]
+    return "path" in columns and "verdict" not in columns
+
+
+def split_files(verdicts: list[Path], rows: list[Path]) -> tuple[list[Path], list[Path]]:
+    """`--rows rows-*.csv` in a shell puts every file but the first among the arguments:
+    with --rows given, arguments that are rows files (by their columns) join the rows."""
+    if not rows:
+        return verdicts, rows
+    moved = [p for p in verdicts if _is_rows_file(p)]
+    return [p for p in verdicts if p not in moved], [*rows, *moved]
+
+
+def run_review_stats(
+    opts: ReviewStatsOptions, reporter: Reporter, out: TextIO | None = None
+) -> ExitCode:
+    """Print the review's figures (review_stats) to ``out`` (stdout); exit 1 with
+    --fail-on-drift when the promised false-alarm rate is broken at the 5% level."""
     if opts.fmt not in STATS_FORMATS:
         raise UsageError(f"--format {opts.fmt!r}: use {' or '.join(STATS_FORMATS)}")
+    out = sys.stdout if out is None else out
+    verdict_files, rows_files = split_files(list(opts.verdicts), list(opts.rows))
+    opts = dataclasses.replace(opts, verdicts=verdict_files, rows=rows_files)
     verdicts = read_verdicts(opts.verdicts)
     cal = None if opts.calibration is None else load_calibration(opts.calibration)
     rows: list[dict[str, str]] | None = None

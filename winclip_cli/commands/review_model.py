@@ -1,37 +1,37 @@
-"""What `review apply` asks of the model: encode images into a bank part, and score
-images (their image score and map maximum) exactly as the calibration's runs do.
+"""What `review apply` asks of the model: encode an image into bank entries, and score
+images (image score and map maximum) exactly as the calibration's runs do.
 
 ``CalibrationScorer`` loads the calibration's model with its recorded prompts and
-temperature, refuses one whose settings differ (another model, other weights), and runs
-the local engine, tiled by the calibration's grid. review_apply.py only sees the small
-``Scoring`` protocol (its own), so its logic is tested without a model where it can be.
+temperature, refuses one whose settings differ (another model, other weights), and
+scores through the engine registry and the pipeline's one loop, tiled by the
+calibration's grid. review_apply.py only sees its small ``Scoring`` protocol, so its
+logic is tested without a model where it can be.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from .cache import ReferenceBank
-from .calibrate import check_loaded, fingerprint
-from .calibration import Calibration
-from .data import InputImage
-from .engines.local import LocalEngine, Scorer
-from .errors import BankMismatchError, CalibrationError, ImageReadError, UsageError
-from .model import WinClip
-from .options import DEFAULT_BATCH_SIZE, ModelOptions
-from .pipeline import reference_pixels
-from .prompts import PromptSet
-from .tiling import TileGrid, TileGridError, grid_meta
+from ..bank import ReferenceBank
+from ..calibration import Calibration
+from ..data import InputImage
+from ..engines import EngineSpec
+from ..engines.registry import build_engine, engine_session
+from ..engines.scorer import Scorer
+from ..errors import BankMismatchError, CalibrationError, ImageReadError, UsageError
+from ..model import WinClip
+from ..options import DEFAULT_BATCH_SIZE, ModelOptions
+from ..pipeline import reference_pixels, scored
+from ..progress import Reporter
+from ..prompts import PromptSet
+from ..settings import check_loaded, fingerprint
+from ..tiling import TileGrid, TileGridError, grid_meta
 
-__all__ = [
-    "CalibrationScorer",
-    "calibration_scorer",
-    "grid_of_settings",
-    "model_options_for",
-]
+__all__ = ["CalibrationScorer", "calibration_scorer", "grid_of_settings", "model_options_for"]
 
 
 def grid_of_settings(settings: dict[str, Any]) -> TileGrid:
@@ -59,17 +59,11 @@ class CalibrationScorer:
     """A loaded model that scores exactly as the runs of ``cal`` do (see module doc)."""
 
     def __init__(
-        self,
-        wc: WinClip,
-        cal: Calibration,
-        source: Path,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        workers: int = 0,
-        warn: Callable[[str], None] | None = None,
+        self, wc: WinClip, cal: Calibration, source: Path, spec: EngineSpec, reporter: Reporter
     ) -> None:
-        self.wc, self.batch_size, self.workers, self.warn = wc, batch_size, workers, warn
+        self.wc, self.spec, self.reporter = wc, spec, reporter
         self.class_name = str(cal.settings.get("class", ""))
-        self.grid = grid_of_settings(cal.settings)
+        self.grid = spec.grid
         check_loaded(cal, source, self.settings(cal.bank))
         self.text = wc.text_embeddings(self.class_name)
 
@@ -81,7 +75,7 @@ class CalibrationScorer:
             pixels = reference_pixels(self.wc, [path], self.grid)
         except (ImageReadError, TileGridError) as exc:
             raise UsageError(f"{path}: {exc}") from exc
-        bank = self.wc.reference_bank(pixels, batch_size=self.batch_size)
+        bank = self.wc.reference_bank(pixels, batch_size=self.spec.batch_size)
         if not self.grid.is_single:
             bank.meta.update(grid_meta(self.grid), references=1)
         return bank
@@ -95,28 +89,34 @@ class CalibrationScorer:
             except BankMismatchError as exc:
                 raise UsageError(f"the reference bank does not fit the model: {exc}") from exc
         scorer = Scorer(self.wc, self.text, bank, maps=True)
-        engine = LocalEngine(scorer, self.batch_size, self.workers, self.grid, self.warn)
         out: list[tuple[float, float]] = []
-        for image, result in zip(images, engine.predict(images), strict=True):
-            if result.error is not None or result.score is None or result.map_max is None:
-                raise UsageError(f"{image.display} cannot be scored: {result.error}")
-            out.append((result.score, result.map_max))
+        with engine_session(self.spec):
+            engine = build_engine(self.spec, scorer, self.reporter.warn)
+            with closing(scored(images, engine, self.reporter, "scoring")) as pairs:
+                for image, result in pairs:
+                    if result.error is not None or result.score is None or result.map_max is None:
+                        raise UsageError(f"{image.display} cannot be scored: {result.error}")
+                    out.append((result.score, result.map_max))
         return out
 
 
 def calibration_scorer(
     given: ModelOptions,
     source: Path,
+    reporter: Reporter,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 0,
-    warn: Callable[[str], None] | None = None,
 ) -> Callable[[Calibration], CalibrationScorer]:
     """A factory for review_apply: loads the model of ``given`` (model, weights, device,
-    precision) with the calibration's prompts and temperature, once it is needed."""
+    precision) with the calibration's prompts and temperature, once it is needed, and
+    scores on the local engine tiled by the calibration's grid."""
 
     def make(cal: Calibration) -> CalibrationScorer:
         options, prompts = model_options_for(cal, given)
+        grid = grid_of_settings(cal.settings)
+        spec = EngineSpec("local", batch_size, workers, grid, options, prompts)
+        reporter.stage("loading the calibration's model")
         wc = WinClip.from_options(options, prompts)
-        return CalibrationScorer(wc, cal, source, batch_size, workers, warn)
+        return CalibrationScorer(wc, cal, source, spec, reporter)
 
     return make
