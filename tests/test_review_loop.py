@@ -4,7 +4,6 @@ report; in chromium a reviewer marks the flagged part "False alarm" and exports;
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from tests.helpers import read_csv, run_runner
@@ -12,9 +11,6 @@ from tests.test_calibrated_runs import make_images
 from tests.test_report_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
 from tests.test_review_apply import make_odd_images
 from winclip_cli.commands.report import build_report
-from winclip_cli.commands.review import ReviewApplyOptions, run_review_apply
-from winclip_cli.errors import ExitCode
-from winclip_cli.progress import Reporter
 
 
 def flagged_parts(cal: str, model: list[str], rows: str) -> list[str]:
@@ -52,10 +48,9 @@ def test_mark_export_apply_and_the_part_is_no_longer_flagged(tmp_path, model, mo
         finally:
             browser.close()
 
-    said = io.StringIO()
-    opts = ReviewApplyOptions([Path("verdicts.csv")], Path("line.cal"), Path("line2.cal"))
-    opts.workers = 0
-    assert run_review_apply(opts, Reporter(stream=said)) == ExitCode.OK
-    assert f"{len(flagged)} false alarm(s) added to the reference bank" in said.getvalue()
+    args = ["review", "apply", "verdicts.csv", "--calibration", "line.cal", "-o", "line2.cal"]
+    applied = run_runner([*args, "--workers", "0"])
+    assert applied.code == 0, applied.stderr
+    assert f"{len(flagged)} false alarm(s) added to the reference bank" in applied.stderr
     again = flagged_parts("line2.cal", model, "tuesday.csv")
     assert not set(flagged) & set(again), again
