@@ -43,16 +43,24 @@ from .options import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED
 Boundary = Callable[[Callable[[Any], int], bool, bool], None]
 
 
-def review_app(run: Boundary, given: Callable[[typer.Context], frozenset[str]]) -> typer.Typer:
-    """The `review` sub-app; ``run(action, quiet, verbose)`` is cli.py's error boundary."""
+Given = Callable[[typer.Context], frozenset[str]]
+
+
+def review_app(run: Boundary, given: Given) -> typer.Typer:
+    """The `review` sub-app; ``run(action, quiet, verbose)`` is cli.py's error boundary,
+    ``given(ctx)`` the options typed."""
     app = typer.Typer(
         help="The review loop: verdicts exported from reports, taught back (apply) and "
         "measured against the calibration's promise (stats).",
         no_args_is_help=True,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
+    app.command("apply")(_apply_command(run, given))
+    app.command("stats")(_stats_command(run))
+    return app
 
-    @app.command("apply")
+
+def _apply_command(run: Boundary, given: Given) -> Callable[..., None]:
     def apply_command(
         ctx: typer.Context,
         verdicts: VerdictsOpt,
@@ -72,12 +80,12 @@ def review_app(run: Boundary, given: Callable[[typer.Context], frozenset[str]]) 
         quiet: QuietOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
-        """Teach the false alarms of verdict files back into a new calibration file.
+        """Teach the false alarms of verdict files back into a new calibration.
 
-        --into bank (default): they join the reference bank and every calibration image
-        is scored again; --into calibration: they join the known-good set. Defects are
-        never added; the new file records its lineage. The model is the calibration's
-        unless given."""
+        --into bank (default): they join the reference bank and every calibration
+        image is scored again; --into calibration: they join the known-good set.
+        Defects are never added; the new file records its lineage. The model is
+        the calibration's unless given."""
         from .commands.review import ReviewApplyOptions, run_review_apply
 
         options = ReviewApplyOptions(
@@ -94,7 +102,10 @@ def review_app(run: Boundary, given: Callable[[typer.Context], frozenset[str]]) 
         )
         run(lambda reporter: run_review_apply(options, reporter), quiet, verbose)
 
-    @app.command("stats")
+    return apply_command
+
+
+def _stats_command(run: Boundary) -> Callable[..., None]:
     def stats_command(
         verdicts: VerdictsOpt,
         rows: ReviewRowsOpt = None,
@@ -107,9 +118,9 @@ def review_app(run: Boundary, given: Callable[[typer.Context], frozenset[str]]) 
     ) -> None:
         """How the alarms held up, and whether the promised false-alarm rate did.
 
-        Images reviewed, defects confirmed, false alarms, the share of alarms that were
-        defects; with the runs' rows, the observed false-alarm rate beside the promised
-        one and a one-sided binomial p-value."""
+        Images reviewed, defects confirmed, false alarms, the share of alarms
+        that were defects; with the runs' rows, the observed false-alarm rate
+        beside the promised one and a one-sided binomial p-value."""
         from .commands.review import ReviewStatsOptions, run_review_stats
 
         options = ReviewStatsOptions(
@@ -122,4 +133,4 @@ def review_app(run: Boundary, given: Callable[[typer.Context], frozenset[str]]) 
         )
         run(lambda reporter: run_review_stats(options, reporter), quiet, verbose)
 
-    return app
+    return stats_command
