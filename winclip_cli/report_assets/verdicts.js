@@ -109,7 +109,7 @@
     var note = el('input', { type: 'text', 'class': 'v-note', maxlength: '500',
       autocomplete: 'off', placeholder: 'note (optional)',
       'aria-label': 'Note on ' + (rank ? rank.textContent : path) });
-    note.addEventListener('change', function () {
+    note.addEventListener('input', function () {  /* kept at each keystroke: a reload loses nothing */
       set(path, null, note.value.replace(/[\r\n]+/g, ' '));
     });
     box.appendChild(note);
