@@ -49,6 +49,12 @@ def checked_session(
     return entry.session(spec) if connect else nullcontext()
 
 
+def engine_session(spec: EngineSpec) -> AbstractContextManager[None]:
+    """The session of an engine that was chosen without a Plan (review apply's local
+    engine); a run's session is opened by planning (checked_session)."""
+    return ENGINES[spec.name].session(spec)
+
+
 def build_engine(spec: EngineSpec, scorer: Scorer, warn: Callable[[str], None]) -> Engine:
     """The engine of ``spec`` (inside its session, which the Plan holds); with --maps
     anomalous, that engine twice: without maps for every image, with maps for the
