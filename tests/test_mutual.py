@@ -292,3 +292,15 @@ def test_bf16_stays_close_to_fp32(tiny, cache_dir):
     a, b = fp32.predict_mutual(x), bf16.predict_mutual(x)
     # maps within a bf16 rounding or two (set scores are min-max stretched: not compared)
     assert (a.grid_maps - b.grid_maps).abs().max() < 0.01
+
+
+@pytest.mark.parametrize(
+    ("count", "most", "sizes"),
+    [(0, 200, []), (5, 200, [5]), (200, 200, [200]), (201, 200, [100, 101]), (7, 3, [2, 2, 3])],
+)
+def test_sets_split_in_input_order_and_evenly(count, most, sizes):
+    sets = mutual.split_sets(count, most)
+    assert [len(s) for s in sets] == sizes
+    assert [i for s in sets for i in s] == list(range(count))
+    with pytest.raises(ValueError, match="at least 2"):
+        mutual.split_sets(10, 1)

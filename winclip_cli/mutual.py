@@ -12,6 +12,7 @@ the squared distance is rounded once, relative to its own size (not to 1).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -231,3 +232,14 @@ def rscin(
         kept = torch.zeros_like(similarity).scatter_(1, columns, values)
         smoothed.append((kept / kept.sum(dim=1, keepdim=True)) @ s)
     return torch.stack(smoothed).mean(dim=0)
+
+
+def split_sets(count: int, most: int) -> list[range]:
+    """Set mode's sets of ``count`` inputs in input order: as few as hold at most ``most``
+    each, of sizes that differ by at most one (201 images in sets of 200 are 101 + 100,
+    never 200 + a single image that has no other to be scored against)."""
+    if most < 2:
+        raise ValueError(f"a mutual-scoring set holds at least 2 images, got {most}")
+    sets = max(1, -(-count // most))
+    bounds = [i * count // sets for i in range(sets + 1)]
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
