@@ -127,9 +127,9 @@ def test_lnamd_matches_reference(r):
 @pytest.mark.parametrize("r", [3, 5])
 def test_borders_are_zero_padded(r):
     """A corner's neighbourhood is the in-grid cells only: not replicated, not reflected."""
-    grid = torch.zeros(1, 2, 5, 5)
-    grid[0, 0] = 1.0  # channel 0 everywhere...
-    grid[0, 1, 0, 0] = 10.0  # ...channel 1 only at the corner
+    grid = torch.zeros(1, 5, 5, 2)  # (B, gh, gw, C)
+    grid[0, :, :, 0] = 1.0  # channel 0 everywhere...
+    grid[0, 0, 0, 1] = 10.0  # ...channel 1 only at the corner
     corner = mutual.aggregate(grid, r)[0, 0]
     inside = (r // 2 + 1) ** 2  # in-grid cells around the corner
     expected = torch.tensor([inside / (r * r), 10.0 / (r * r)])

@@ -139,7 +139,7 @@ def test_pool_whose_features_do_not_fit_is_refused(wc, saved, damage):
     payload = torch.load(saved, weights_only=True)
     layers = payload["layers"]
     if damage == "width":
-        payload["layers"] = layers[:, :, :16]
+        payload["layers"] = layers[..., :16]
     else:
         payload["layers"] = layers.index_fill(0, torch.tensor([1]), float("nan"))
     torch.save(payload, saved)

@@ -49,24 +49,36 @@ def neighbour_count(others: int) -> int:
 
 
 def layer_norm_grid(tokens: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """(B, L, C) patch tokens -> (B, C, gh, gw), LayerNorm over each whole block (no affine)."""
+    """(B, L, C) patch tokens -> (B, gh, gw, C), LayerNorm over each image's whole block of
+    L x C values (no affine): the same numbers as over the (C, gh, gw) layout."""
     batch, length, width = tokens.shape
     gh, gw = grid_size
     if length != gh * gw:
         raise ValueError(f"{length} patch tokens do not fill a {gh}x{gw} grid")
-    grid = tokens.float().transpose(1, 2).reshape(batch, width, gh, gw)
-    return F.layer_norm(grid, grid.shape[1:], eps=LAYER_NORM_EPS)
+    normed = F.layer_norm(tokens.float(), (length, width), eps=LAYER_NORM_EPS)
+    return normed.view(batch, gh, gw, width)
 
 
 def aggregate(normed: torch.Tensor, r: int) -> torch.Tensor:
-    """(B, C, gh, gw) layer-normed grid -> (B, L, C) unit vectors: each patch the mean of
-    its r x r neighbourhood, zero-padded at the borders (the divisor is always r*r)."""
+    """(B, gh, gw, C) layer-normed grid -> (B, L, C) unit vectors: each patch the mean of
+    its r x r neighbourhood, zero-padded at the borders (the divisor is always r*r).
+
+    The r x r sum is r shifted rows, then r shifted columns, over whole channel vectors:
+    2r additions per value where a 2-D pooling of each channel plane costs r*r."""
     if r < 1 or r % 2 == 0:
         raise ValueError(f"aggregation degree must be odd and positive, got {r}")
-    pooled = normed
+    batch, gh, gw, width = normed.shape
     if r > 1:
-        pooled = F.avg_pool2d(normed, r, stride=1, padding=r // 2, count_include_pad=True)
-    return F.normalize(pooled.flatten(2).transpose(1, 2), dim=-1)
+        half = r // 2
+        padded = F.pad(normed, (0, 0, half, half, half, half))
+        rows = padded[:, :gh].clone()
+        for dy in range(1, r):  # in place: one buffer, not one new tensor per shift
+            rows.add_(padded[:, dy : dy + gh])
+        normed = rows[:, :, :gw].clone()
+        for dx in range(1, r):
+            normed.add_(rows[:, :, dx : dx + gw])
+        normed.div_(r * r)
+    return F.normalize(normed.reshape(batch, gh * gw, width), dim=-1)
 
 
 def lnamd(tokens: torch.Tensor, grid_size: tuple[int, int], r: int) -> torch.Tensor:
@@ -180,8 +192,8 @@ def pool_patch_scores(
 
 def set_grid_maps(normed_layers: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """Set mode's (N, gh, gw) grid maps from the tapped layers' layer-normed grids
-    (each (N, C, gh, gw)): the mean of MSM over the layers and the degrees."""
-    grid_size = tuple(normed_layers[0].shape[-2:])
+    (each (N, gh, gw, C)): the mean of MSM over the layers and the degrees."""
+    grid_size = tuple(normed_layers[0].shape[1:3])
     scores = [
         set_patch_scores(aggregate(normed, r), dtype) for normed in normed_layers for r in DEGREES
     ]
@@ -193,7 +205,7 @@ def pool_grid_maps(
 ) -> torch.Tensor:
     """Pool mode's (B, gh, gw) grid maps: as set_grid_maps, against a pool whose right
     operand of layer index i at degree r is ``pool_operands(i, r)``."""
-    grid_size = tuple(normed_layers[0].shape[-2:])
+    grid_size = tuple(normed_layers[0].shape[1:3])
     scores = [
         pool_patch_scores(aggregate(normed, r), pool_operands(index, r), excluded)
         for index, normed in enumerate(normed_layers)

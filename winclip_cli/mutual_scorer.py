@@ -42,9 +42,9 @@ class MutualScorer:
 
     def features(self, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image embeddings (N, D) and the tapped layers' layer-normed grids
-        (layers, N, C, gh, gw): one plain forward pass per image, ``batch_size`` at a time."""
+        (layers, N, gh, gw, C): one plain forward pass per image, ``batch_size`` at a time."""
         enc, n = self.encoder, x.shape[0]
-        shape = (len(self.blocks), n, enc.visual_width, *enc.grid_size)
+        shape = (len(self.blocks), n, *enc.grid_size, enc.visual_width)
         normed = torch.empty(shape, device=enc.device)
         embeddings = []
         for start in range(0, n, batch_size):
@@ -125,7 +125,7 @@ class MutualScorer:
                     f"{mine[field]!r}: rebuild it from the images"
                 )
         enc = self.encoder
-        expected = (len(self.blocks), pool.num_images, enc.visual_width, *enc.grid_size)
+        expected = (len(self.blocks), pool.num_images, *enc.grid_size, enc.visual_width)
         if tuple(pool.layers.shape) != expected or not torch.isfinite(pool.layers).all():
             raise PoolMismatchError(
                 f"damaged pool: its features have shape {tuple(pool.layers.shape)}, expected "

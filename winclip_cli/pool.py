@@ -39,7 +39,7 @@ def input_digests(x: torch.Tensor) -> list[str]:
 
 @dataclass
 class MutualPool:
-    """Pool features: ``layers`` (num_layers, M, C, gh, gw) float32, layer-normed;
+    """Pool features: ``layers`` (num_layers, M, gh, gw, C) float32, layer-normed;
     ``digests`` one per member; ``meta`` what the pool was made with."""
 
     layers: torch.Tensor
