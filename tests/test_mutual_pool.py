@@ -9,7 +9,7 @@ import torch
 
 from tests.tiny_model import TINY_NAME, make_tiny_model
 from winclip_cli import WinClip
-from winclip_cli.cache import bank_payload
+from winclip_cli.bank import bank_payload
 from winclip_cli.errors import ExitCode, PoolFileError, PoolMismatchError
 from winclip_cli.pool import input_digests, load_pool, save_pool
 from winclip_cli.tiling import TileGrid
