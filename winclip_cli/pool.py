@@ -13,6 +13,7 @@ Files are written whole (write-then-rename) and checked on reading, like bank fi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -74,6 +75,15 @@ class MutualPool:
     def to(self, device: torch.device | str) -> MutualPool:
         """The pool on ``device`` (derived operands are made again there)."""
         return MutualPool(self.layers.to(device), list(self.digests), dict(self.meta))
+
+
+def pool_fingerprint(pool: MutualPool) -> str:
+    """The identity of a pool's features: its members' inputs, in order, and what made
+    them (weights, precision, tapped blocks, tile grid); not the model's name, as for
+    banks. A pool built from a folder and the file saved from it share it."""
+    made = {k: pool.meta.get(k) for k in ("weights", "precision", "blocks", "tiles")}
+    text = json.dumps({"members": pool.digests, **made}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def pool_payload(pool: MutualPool) -> dict[str, Any]:
