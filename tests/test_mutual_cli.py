@@ -191,3 +191,19 @@ def test_pool_mode_tiles_resumes_and_refuses_another_pool(model, tmp_path):
     other = [a if a != GOOD else PARTS / "good" for a in args]
     refused = run_runner([*other, "-o", rows, "--resume"])
     assert refused.code == 2 and "--pool" in refused.stderr
+
+
+def test_pool_mode_on_ray_matches_local(model, tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        rows = []
+        for engine in ([], ["--engine", "ray", "--ray-workers", "2"]):
+            target = tmp_path / f"rows{len(rows)}.csv"
+            args = ["segment", PARTS, *model, "--pool", GOOD, "--out", tmp_path / "out"]
+            result = run_runner([*args, *engine, "-o", target])
+            assert result.code == 0, result.stderr
+            rows.append(target.read_text())
+        assert rows[0] == rows[1]
+    finally:
+        ray.shutdown()
