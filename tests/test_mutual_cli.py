@@ -3,6 +3,7 @@ tiny model; the rows equal the library's predict_mutual on the same images."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import GOOD, PARTS, read_csv, run_runner
+from tests.helpers import GOOD, PARTS, make_mvtec, read_csv, run_runner
 from winclip_cli import WinClip
 from winclip_cli.pool import load_pool
 
@@ -207,3 +208,23 @@ def test_pool_mode_on_ray_matches_local(model, tmp_path):
         assert rows[0] == rows[1]
     finally:
         ray.shutdown()
+
+
+def test_eval_mutual_and_pool_with_musc_beside_them(model, tmp_path):
+    root = make_mvtec(tmp_path / "mvtec")
+    out_json = tmp_path / "r.json"
+    args = ["eval", root, *model, "--json", out_json, "--compare", "paper"]
+    result = run_runner([*args, "--mutual"])
+    assert result.code == 0, result.stderr
+    figures = json.loads(out_json.read_text())
+    assert figures["mode"] == "mutual-set"
+    assert 0.0 <= figures["mean"]["0"]["mean"]["pixel_pro"] <= 1.0
+    assert figures["paper"]["method"] == "MuSc"
+    assert figures["paper"]["shots"]["0"]["paper"]["image_auroc"] == pytest.approx(0.9477)
+    assert "MuSc's published figures" in result.stderr
+    pool = root / "bottle" / "train" / "good"
+    result = run_runner([*args, "--pool", pool, "--category", "bottle"])
+    assert result.code == 0, result.stderr
+    assert json.loads(out_json.read_text())["mode"] == "mutual-pool"
+    for extra in (["--mutual", "--k", "1"], ["--mutual", "--calibrate", "0.1"]):
+        assert run_runner([*args, *extra]).code == 2
