@@ -64,6 +64,7 @@ from .cli_options import (
     WorkersOpt,
     run_options,
 )
+from .cli_review import review_app
 from .cli_run_options import (
     SCORING_HELP,
     CalibrationOpt,
@@ -361,6 +362,9 @@ def report_command(
     from .commands.report import report_command as report
 
     _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose)
+
+
+app.add_typer(review_app(_run, _given), name="review")
 
 
 @app.command()
