@@ -11,7 +11,7 @@ from tests.tiny_model import TINY_NAME, make_tiny_model
 from winclip_cli import WinClip
 from winclip_cli.bank import bank_payload
 from winclip_cli.errors import ExitCode, PoolFileError, PoolMismatchError
-from winclip_cli.pool import input_digests, load_pool, save_pool
+from winclip_cli.pool import input_digests, load_pool, pool_fingerprint, save_pool
 from winclip_cli.tiling import TileGrid
 
 
@@ -150,3 +150,10 @@ def test_pool_whose_features_do_not_fit_is_refused(wc, saved, damage):
 def test_a_checked_pool_is_not_checked_again(wc, saved):
     checked = wc.check_pool(load_pool(saved))
     assert wc.check_pool(checked) is checked
+
+
+def test_the_fingerprint_follows_the_members_not_the_file(wc, pool, saved):
+    assert pool_fingerprint(load_pool(saved)) == pool_fingerprint(pool)
+    assert pool_fingerprint(wc.mutual_pool(images(4, 58))) != pool_fingerprint(pool)
+    reordered = wc.mutual_pool(images(4, 50).flip(0))
+    assert pool_fingerprint(reordered) != pool_fingerprint(pool)  # members in order
