@@ -228,3 +228,15 @@ def test_eval_mutual_and_pool_with_musc_beside_them(model, tmp_path):
     assert json.loads(out_json.read_text())["mode"] == "mutual-pool"
     for extra in (["--mutual", "--k", "1"], ["--mutual", "--calibrate", "0.1"]):
         assert run_runner([*args, *extra]).code == 2
+
+
+def test_pool_mode_shards_concatenate_to_the_whole_run(model, tmp_path):
+    """A pool score depends only on the image and the pool: shards are one run's rows."""
+    whole = run_runner(["score", PARTS, *model, "--pool", GOOD])
+    assert whole.code == 0, whole.stderr
+    rows = []
+    for shard in ("1/2", "2/2"):
+        part = run_runner(["score", PARTS, *model, "--pool", GOOD, "--shard", shard])
+        assert part.code == 0, part.stderr
+        rows += part.stdout.splitlines()[1:]  # without its header
+    assert rows == whole.stdout.splitlines()[1:]
