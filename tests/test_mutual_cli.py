@@ -164,7 +164,7 @@ def test_a_pool_calibration_gives_p_values_and_needs_its_pool(model, tmp_path):
     _, body = read_csv(rows.read_text())
     assert all(0 < float(r["p_value"]) <= 1 and r["label"] for r in body)
     without = run_runner(args)
-    assert without.code == 2 and "--pool" in without.stderr
+    assert without.code == 2 and "made in pool mode" in without.stderr
     other = run_runner([*args, "--pool", PARTS / "good"])
     assert other.code == 2 and "--pool" in other.stderr
 

@@ -37,7 +37,7 @@ from .options import (
 )
 from .outputs import OverlayStyle, output_name
 from .paths import check_out_dir, check_writable_file, is_within, refuse_overwriting
-from .pool_source import PoolSource, outside_pool, plan_pool
+from .pool_source import PoolSource, check_calibration_pool, outside_pool, plan_pool
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
@@ -276,8 +276,10 @@ def plan(opts: RunOptions) -> Plan:
     prompts = check_model_options(opts.model)
     cal = None
     if opts.calibration is not None:
-        cal = load_for_run(opts.calibration)
+        source = opts.calibration
+        cal = load_for_run(source)
         opts, prompts = apply_to_options(opts, cal)
+        check_calibration_pool(cal.settings.get("pool"), opts.pool, source)
     refs = plan_references(opts)
     if cal is not None:
         refs.source, refs.bank = opts.calibration, cal.bank

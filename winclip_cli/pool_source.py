@@ -46,6 +46,20 @@ class PoolSource:
         return {file_sha256(image.path) for image in self.images}
 
 
+def check_calibration_pool(recorded: object, pool: Path | None, source: Path) -> None:
+    """A pool-mode calibration needs its pool; any other one refuses a pool (exit 2).
+    Which pool it was is checked once the pool is known (settings.check_loaded)."""
+    if recorded is not None and pool is None:
+        raise UsageError(
+            f"--calibration {source} was made in pool mode (pool {recorded}): give the same --pool"
+        )
+    if recorded is None and pool is not None:
+        raise UsageError(
+            f"--calibration {source} was made without a pool: drop --pool, or calibrate "
+            "with it (winclip calibrate GOOD --pool ...)"
+        )
+
+
 def plan_pool(source: Path | None, save_to: Path | None, grid: TileGrid) -> PoolSource:
     """The --pool of a run, checked without the model: a file read (exit 2 when it is no
     pool or has another tile grid), a folder's images found."""
