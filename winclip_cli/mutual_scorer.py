@@ -92,7 +92,8 @@ class MutualScorer:
     def pool_meta(self, num_images: int) -> dict[str, Any]:
         """What a pool made by this model records about it."""
         enc = self.encoder
-        precision = {dtype: name for name, dtype in PRECISIONS.items()}[self.backbone.dtype]
+        names = {dtype: name for name, dtype in PRECISIONS.items()}
+        precision = names.get(self.backbone.dtype, str(self.backbone.dtype))
         return {
             "model": self.backbone.model_name,
             "weights": self.backbone.weights_id,
