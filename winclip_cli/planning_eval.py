@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks import check_model_options, check_numbers, prompt_file
@@ -21,6 +21,7 @@ from .errors import CalibrationError, DatasetError, UsageError
 from .options import DEFAULT_CLASS, EvalOptions, RunOptions
 from .paths import check_writable_file, refuse_overwriting
 from .planning import engine_spec
+from .pool_source import PoolSource, plan_pool
 from .references import pick_references
 
 
@@ -35,6 +36,8 @@ class EvalPlan:
     class_name: str | None  # the prompt class of every category; None: its own name
     calibrate: float | None  # --calibrate A
     engine: EngineSpec  # the local engine of every run: batch size, workers, grid, model
+    mutual: bool = False  # --mutual: each category's test set scored as one set
+    pool: PoolSource = field(default_factory=PoolSource)  # --pool, planned (a file read)
 
 
 def normalise_shots_seeds(
@@ -116,6 +119,22 @@ def _check_outputs(opts: EvalOptions) -> None:
         raise UsageError("--json and --scores name the same file")
 
 
+def _check_mutual_eval(opts: EvalOptions) -> None:
+    """--mutual and --pool: zero-shot modes (no --k); set scores are not calibrated."""
+    if not (opts.mutual or opts.pool is not None):
+        return
+    if opts.mutual and opts.pool is not None:
+        raise UsageError("--mutual and --pool are two modes of mutual scoring: give one")
+    if any(opts.shots):
+        raise UsageError("mutual scoring uses no references: --k must be 0 (the default)")
+    if opts.mutual and opts.calibrate is not None:
+        raise UsageError("--mutual with --calibrate: set scores rank one set, not calibrated")
+    if opts.mutual and opts.tiles != "1x1":
+        raise UsageError("--mutual with --tiles: set mode compares whole images")
+    if opts.pool is not None and not opts.pool.exists():
+        raise UsageError(f"--pool {opts.pool}: no such folder or pool file")
+
+
 def plan_eval(opts: EvalOptions) -> EvalPlan:
     """Every check that needs no model (UsageError, DatasetError), and the EvalPlan."""
     if opts.compare not in (None, "paper"):
@@ -136,10 +155,12 @@ def plan_eval(opts: EvalOptions) -> EvalPlan:
         model=opts.model,
     )
     check_numbers(run)
+    _check_mutual_eval(opts)
     _check_outputs(opts)
     prompts = check_model_options(opts.model)
     shots_seeds = normalise_shots_seeds(opts.shots, opts.seeds)
     found = eval_categories(opts.root, opts.layout, opts.categories, shots_seeds, opts.calibrate)
-    return EvalPlan(
-        opts.root, found, *shots_seeds, opts.class_name, opts.calibrate, engine_spec(run, prompts)
-    )
+    spec = engine_spec(run, prompts)
+    pool = plan_pool(opts.pool, None, spec.grid)  # a pool file is read and checked here
+    plan = (opts.root, found, *shots_seeds, opts.class_name, opts.calibrate, spec)
+    return EvalPlan(*plan, opts.mutual, pool)

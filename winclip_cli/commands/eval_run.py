@@ -27,6 +27,7 @@ from ..model import WinClip
 from ..outputs import full_map
 from ..pipeline import reference_pixels, scored
 from ..planning_eval import draw_references
+from ..pool import MutualPool
 from ..progress import Reporter
 from ..references import calibration_images
 from ..scoring import upsample
@@ -85,7 +86,8 @@ class EvalEngine:
 
     wc: WinClip
     text: torch.Tensor
-    spec: EngineSpec
+    spec: EngineSpec  # the EvalPlan's; with --mutual, the category's test set one set
+    pool: MutualPool | None = None  # --pool: mutual scoring against it
     reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
 
     @property
@@ -97,7 +99,7 @@ class EvalEngine:
         return self.spec.batch_size
 
     def with_bank(self, bank: ReferenceBank | None) -> Engine:
-        scorer = Scorer(self.wc, self.text, bank, maps=True)
+        scorer = Scorer(self.wc, self.text, bank, maps=True, pool=self.pool)
         warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
         return build_engine(self.spec, scorer, warn)
 

@@ -7,10 +7,14 @@ layouts are in datasets/, the published figures in paper.py. No CLI framework he
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
+
+import torch
 
 from ..data import InputImage
 from ..datasets import CategoryData, discover, load_mask
@@ -20,6 +24,8 @@ from ..metrics import DEFAULT_BINS
 from ..model import WinClip
 from ..options import DEFAULT_BATCH_SIZE, EvalOptions, ModelOptions
 from ..planning_eval import EvalPlan, eval_categories, normalise_shots_seeds, plan_eval
+from ..pool import MutualPool
+from ..pool_source import build_pool
 from ..progress import Reporter
 from ..tiling import TileGrid
 from .eval_results import (
@@ -61,6 +67,8 @@ def run_evaluation(
     table_stream: IO[str] | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
     calibrate: float | None = None,
+    mutual: bool = False,
+    pool: MutualPool | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``wc`` on a labelled dataset tree and return the JSON-able results.
 
@@ -78,7 +86,8 @@ def run_evaluation(
     an EvalProgress after every test batch; ``calibrate`` a false-alarm rate A: each run
     also calibrates on train/good minus its references and reports ``far`` (realised
     false-alarm rate on test/good), ``tpr`` (detection rate on the defects), ``threshold``
-    (c_(k)) and ``n_cal``.
+    (c_(k)) and ``n_cal``. ``mutual``: MuSc set mode, each category's test set one set;
+    ``pool``: MuSc pool mode, every test image against it (both zero-shot: k = 0 only).
 
     Results: ``categories[name]["shots"][str(k)]`` = {"mean", "std", "runs"} and
     ``mean[str(k)]`` = {"mean", "std"} (over categories, then over seeds), each metric a
@@ -90,8 +99,9 @@ def run_evaluation(
     shots_seeds = normalise_shots_seeds(shots, seeds)
     found = eval_categories(root, layout, categories, shots_seeds, calibrate)
     spec = EngineSpec("local", batch_size, workers, grid or TileGrid(), ModelOptions(), wc.prompts)
-    p = EvalPlan(root, found, *shots_seeds, class_name, calibrate, spec)
-    return evaluate(wc, p, bins, (scores_path, json_path), compare, table_stream, progress)
+    p = EvalPlan(root, found, *shots_seeds, class_name, calibrate, spec, mutual)
+    paths = (scores_path, json_path)
+    return evaluate(wc, p, bins, paths, compare, table_stream, progress, pool)
 
 
 def evaluate(
@@ -102,15 +112,18 @@ def evaluate(
     compare: bool,
     table_stream: IO[str] | None,
     progress: Callable[[EvalProgress], None] | None,
+    pool: MutualPool | None = None,
 ) -> dict[str, Any]:
     """Run an EvalPlan with ``wc``: every category, k and seed; the results (see
-    run_evaluation), written to ``paths`` (the scores CSV, the JSON) and the table."""
+    run_evaluation), written to ``paths`` (the scores CSV, the JSON) and the table.
+    ``pool``: the plan's --pool, built on ``wc``."""
     scores_path, json_path = paths
     shot_list, seed_list, found = p.shots, p.seeds, p.categories
     per_category = sum(len(seeds_for(k, seed_list)) for k in shot_list)
     results: dict[str, Any] = {
         "dataset": {"root": str(p.root), "layout": found[0].layout},
         "model": model_info(wc),
+        "mode": "mutual-set" if p.mutual else "mutual-pool" if pool is not None else "winclip",
         "shots": shot_list,
         "seeds": seed_list,
         "bins": bins,
@@ -120,7 +133,7 @@ def evaluate(
     results["dataset"]["categories"] = [d.name for d in found]
     with scores_writer(scores_path) as rows:
         for i, data in enumerate(found):
-            engine = EvalEngine(wc, wc.text_embeddings(p.class_name or data.name), p.engine)
+            engine = _category_engine(wc, data, p, pool)
             counts = (i * per_category, len(found) * per_category)
             results["categories"][data.name] = _evaluate_category(
                 engine, data, p, counts, bins, rows, progress
@@ -129,6 +142,18 @@ def evaluate(
         results["mean"][str(k)] = overall(results["categories"], k, seeds_for(k, seed_list))
     publish(results, compare, table_stream, json_path)
     return results
+
+
+def _category_engine(
+    wc: WinClip, data: CategoryData, p: EvalPlan, pool: MutualPool | None
+) -> EvalEngine:
+    """The engine of one category: WinCLIP with its text, or mutual scoring (no text)."""
+    if not p.mutual and pool is None:
+        text = wc.text_embeddings(p.class_name or data.name)
+    else:
+        text = torch.zeros(2, wc.embed_dim)
+    set_size = max(2, len(data.test)) if p.mutual else None  # the test set is one set
+    return EvalEngine(wc, text, dataclasses.replace(p.engine, mutual_set=set_size), pool)
 
 
 def _evaluate_category(
@@ -168,12 +193,14 @@ def evaluate_command(
     table_stream: IO[str] | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> int:
-    """`winclip eval`: plan (every check before the model), load the model, evaluate;
-    returns the exit code."""
+    """`winclip eval`: plan (every check before the model, a --pool file read too), load
+    the model, evaluate; returns the exit code."""
     p = plan_eval(opts)
     wc = WinClip.from_options(p.engine.model, p.engine.prompts)
+    warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
+    pool = build_pool(p.pool, wc, p.engine.grid, p.engine.batch_size, warn)
     paths = (opts.scores_path, opts.json_path)
-    evaluate(wc, p, DEFAULT_BINS, paths, opts.compare == "paper", table_stream, progress)
+    evaluate(wc, p, DEFAULT_BINS, paths, opts.compare == "paper", table_stream, progress, pool)
     return ExitCode.OK
 
 
