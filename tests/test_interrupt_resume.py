@@ -217,9 +217,9 @@ def test_interrupt_then_resume(dataset, model_dir, reference, tmp_path, fmt, sig
 CUT_HANDSHAKE = """
 import os, socket, sys
 from multiprocessing import resource_sharer
-from winclip_cli.data import _init_worker
+from winclip_cli.workers import init_worker
 if sys.argv[1] == "worker":
-    _init_worker(0)
+    init_worker(0)
 read_end, _ = os.pipe()
 resource_sharer.DupFd(read_end)  # starts the sharer's listening thread
 peer = socket.socket(socket.AF_UNIX)

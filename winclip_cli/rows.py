@@ -3,6 +3,7 @@ writer that flushes each row, the reader that --resume uses, and the held -o fil
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .atomic import atomic_write
+from .atomic import append_whole, atomic_write
 from .errors import FileBusyError
 
 try:
@@ -162,19 +163,31 @@ def _rounded(value: float | None) -> float | None:
 
 
 class RowWriter:
-    """Writes rows as they come, each in one write followed by a flush, so an interrupted
-    run leaves a valid file with every finished row."""
+    """Writes rows as they come, each in one write that reaches the file whole or not at
+    all (append_whole), so an interrupted or failed run leaves a valid file with every
+    finished row.
+
+    A stream on a file descriptor (the -o file, stdout) is written to the descriptor
+    itself: nothing of a failed row stays buffered to be written again later. Other
+    streams (a StringIO) get ``write`` and ``flush``."""
 
     def __init__(self, stream: IO[str], fmt: str, cols: list[str], header: bool = True) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
         self.stream, self.format, self.cols = stream, FORMATS[fmt], cols
+        self._fd = _descriptor(stream)
+        self._where = _stream_name(stream)
         if header and (text := self.format.header(cols)):
             self._write(text)
 
     def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
+        if self._fd is None:
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        errors = getattr(self.stream, "errors", None) or ENCODING_ERRORS
+        append_whole(self._fd, text.encode(encoding, errors), self._where)
 
     def record(self, row: Row) -> dict[str, Any]:
         """The row as a dict of this run's columns (numbers rounded to 6 decimals)."""
@@ -199,6 +212,22 @@ class RowWriter:
     def copy(self, record: dict[str, Any]) -> None:
         """Write a row read back from a rows file of the same columns, as it was."""
         self._write(self.format.encode({c: record[c] for c in self.cols}))
+
+
+def _descriptor(stream: IO[str]) -> int | None:
+    """The descriptor under ``stream``, flushed first (what it holds goes before the
+    rows); None for a stream in memory."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    stream.flush()
+    return fd
+
+
+def _stream_name(stream: IO[str]) -> str:
+    name = getattr(stream, "name", None)
+    return name if isinstance(name, str) else "the rows file"
 
 
 def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, Any]]:
@@ -251,6 +280,37 @@ def stdout_rows() -> IO[str]:
     return stream
 
 
+# Descriptors of -o files (and their replacements) this process holds locked.
+_HELD: set[int] = set()
+
+
+def _open_held(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | _BINARY, 0o666)
+    _HELD.add(fd)
+    return fd
+
+
+def _close_held(fd: int) -> None:
+    _HELD.discard(fd)
+    os.close(fd)
+
+
+def _let_go_in_child() -> None:
+    """In a forked child (a DataLoader worker), close the inherited -o descriptors.
+
+    A flock lock belongs to the open file description, which fork shares: a child still
+    holding a copy would keep the lock after this process released it or was killed,
+    and refuse the next run (a --resume just after a SIGKILL)."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; spawned children inherit nothing anyway
+    os.register_at_fork(after_in_child=_let_go_in_child)
+
+
 class RowsFile:
     """The -o file, held for the whole run by an exclusive advisory lock: a second run on
     the same file (an overlapping cron job) is refused, rather than both writing rows
@@ -269,11 +329,11 @@ class RowsFile:
         self.regular = not special
         if special:
             self.created = False
-            self.fd = os.open(path, os.O_WRONLY | _BINARY)
+            self.fd = _open_held(path, os.O_WRONLY)
             return
         for _attempt in range(5):
             self.created = not path.exists()
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
+            self.fd = _open_held(path, os.O_RDWR | os.O_CREAT)
             self._lock()
             if self._still_the_file():
                 # A replacement left by a run that was killed: ours to drop (we hold the lock).
@@ -281,7 +341,7 @@ class RowsFile:
                 return
             # Removed or replaced between open and lock (a run that failed before
             # writing removes the file it created): hold the file now at the path.
-            os.close(self.fd)
+            _close_held(self.fd)
         raise FileBusyError(
             f"{path} keeps being replaced by another program: wait for it, or write to another file"
         )
@@ -294,7 +354,7 @@ class RowsFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            os.close(fd)
+            _close_held(fd)
             self.fd = None
             raise FileBusyError(
                 f"{self.path} is being written by another winclip run: wait for it, or "
@@ -315,8 +375,8 @@ class RowsFile:
         of a file this version did not write)."""
         if self.regular and not self._still_the_file():
             assert self.fd is not None
-            os.close(self.fd)
-            self.fd = os.open(self.path, os.O_RDWR | _BINARY)
+            _close_held(self.fd)
+            self.fd = _open_held(self.path, os.O_RDWR)
             self._lock()
 
     def stream(self, append: bool) -> IO[str]:
@@ -344,9 +404,7 @@ class RowsFile:
         """A row stream on a new, empty file beside this one: the file at the path stays
         whole until ``commit`` renames the new one over it (a crash loses nothing)."""
         assert self.regular and self.new_fd is None
-        self.new_fd = os.open(
-            self.replacement_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _BINARY, 0o666
-        )
+        self.new_fd = _open_held(self.replacement_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         return open(
             self.new_fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
         )
@@ -362,14 +420,14 @@ class RowsFile:
             with _suppress_os_error():
                 fcntl.flock(self.new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.replace(self.replacement_path, self.path)
-        os.close(self.fd)
+        _close_held(self.fd)
         self.fd, self.new_fd = self.new_fd, None
         self.created = False  # it holds rows now
 
     def discard(self) -> None:
         """Drop an uncommitted replacement: the file stays as it was."""
         if self.new_fd is not None:
-            os.close(self.new_fd)
+            _close_held(self.new_fd)
             self.new_fd = None
             self.replacement_path.unlink(missing_ok=True)
 
@@ -379,7 +437,7 @@ class RowsFile:
         if self.fd is None:
             return False
         empty = self.created and os.fstat(self.fd).st_size == 0
-        os.close(self.fd)  # first: Windows can't remove an open file
+        _close_held(self.fd)  # first: Windows can't remove an open file
         self.fd = None
         if empty:
             self.path.unlink(missing_ok=True)
