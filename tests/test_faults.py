@@ -40,6 +40,7 @@ from winclip_cli.data import InputImage, batches
 from winclip_cli.errors import (
     BankFileError,
     CalibrationError,
+    DamagedFileError,
     ExitCode,
     OutputError,
     OverlapError,
@@ -54,6 +55,7 @@ from winclip_cli.manifest import (
 )
 from winclip_cli.overlaps import FileUse, reads_of, refuse_overlaps
 from winclip_cli.prompts import load_prompt_file
+from winclip_cli.resume_rows import check_rows, gone_error_rows, one_row_per_input
 from winclip_cli.rows import Row, RowsFile, RowWriter
 
 COLS = ["path", "score", "status", "error"]
@@ -618,3 +620,87 @@ def test_the_cache_folder_follows_the_environment_and_the_platform(tmp_path, mon
     name = uuid.uuid4().hex
     monkeypatch.setenv("WINCLIP_CACHE_DIR", str(tmp_path / name))
     assert default_cache_dir() == tmp_path / name
+
+
+# ----- 4. rows read for --resume; 5. one row per input ----------------------------------
+
+
+def csv_record(**change: str) -> dict[str, str]:
+    base = {"path": "a.png", "score": "0.5", "label": "", "status": "ok", "error": ""}
+    return {**base, **change}
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        (csv_record(score="abc"), "score"),
+        (csv_record(score="nan"), "score"),
+        (csv_record(score="1.5"), "score"),
+        (csv_record(score=""), "score"),  # an ok row without its score
+        (csv_record(status="fine"), "status"),
+        (csv_record(label="bad"), "label"),
+        (csv_record(path=""), "path"),
+    ],
+)
+def test_a_csv_row_that_breaks_the_schema_names_the_row_and_field(record, field):
+    rows = [csv_record(), record]
+    with pytest.raises(DamagedFileError) as info:
+        check_rows(rows, "csv", "rows.csv")
+    assert info.value.exit_code == ExitCode.USAGE
+    assert f"rows.csv, row 2: field {field}" in str(info.value)
+
+
+def test_good_rows_pass_as_they_are():
+    rows = [csv_record(), csv_record(path="b.png", score="", status="error", error="broken")]
+    assert check_rows(rows, "csv", "rows.csv") == rows
+    jsonl = [{"path": "a.png", "score": 0.25, "status": "ok", "error": "", "map_max": 1}]
+    assert check_rows(jsonl, "jsonl", "rows.jsonl") == jsonl
+    with pytest.raises(DamagedFileError, match="field score"):
+        check_rows([{**jsonl[0], "score": "0.25"}], "jsonl", "rows.jsonl")  # JSON: a number
+
+
+def test_one_row_per_input_keeps_the_last_whole_row_in_its_place():
+    rows = [
+        csv_record(path="a.png", score="0.1"),
+        csv_record(path="b.png"),
+        csv_record(path="./a.png", score="0.3"),  # the same input by another name
+        csv_record(path="c.png"),
+    ]
+    result = one_row_per_input(rows, os.path.abspath)
+    assert [r["path"] for r in result.rows.values()] == ["b.png", "./a.png", "c.png"]
+    assert result.dropped == 1 and "one row per input" in (result.note or "")
+    assert one_row_per_input(rows[:2], os.path.abspath).note is None
+
+
+def test_error_rows_of_files_that_are_gone_are_found_once(tmp_path):
+    (tmp_path / "here.png").write_bytes(b"x")
+    rows = {
+        str(tmp_path / "here.png"): csv_record(status="error", score=""),
+        str(tmp_path / "gone.png"): csv_record(status="error", score=""),
+        str(tmp_path / "gone-ok.png"): csv_record(),
+    }
+    assert gone_error_rows(rows, os.path.exists) == [str(tmp_path / "gone.png")]
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
+@pytest.mark.parametrize("where", ["--report", "-o"])
+def test_a_full_disk_for_the_report_or_the_manifest_is_exit_2(parts, model_dir, tmp_path, where):
+    from tests.test_interrupt_resume import invoke
+
+    with _tmpfs(tmp_path / "full", 4096) as real:
+        assert real
+        (tmp_path / "full" / "filler").write_bytes(b"x" * 4096)
+        args = ["score", str(parts), "--model", model_dir]
+        if where == "--report":
+            args += [
+                "-o",
+                str(tmp_path / "rows.csv"),
+                "--report",
+                str(tmp_path / "full" / "r.html"),
+            ]
+        else:  # the manifest beside the rows is written before the first row
+            args += ["-o", str(tmp_path / "full" / "rows.csv")]
+        code, stderr = invoke(args, tmp_path / "cache")
+        assert code == 2, stderr
+        assert "cannot write" in stderr and "No space left on device" in stderr
+        assert not [p for p in (tmp_path / "full").iterdir() if p.name.startswith(".winclip-")]
