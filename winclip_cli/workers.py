@@ -45,8 +45,8 @@ STOP_GRACE_S = 0.5
 def _die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when the process that started it dies,
     even by SIGKILL (no cleanup runs there), instead of the DataLoader's watchdog
-    noticing seconds later. The signal follows the thread that forked the worker: the
-    one iterating the loader, which outlives it."""
+    noticing seconds later. The signal follows the thread (or fork server) that forked
+    the worker: the one iterating the loader, which outlives it."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -54,8 +54,10 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         return
+    # It may have died before prctl. Asked of the process that started the worker, not
+    # of os.getppid(): with the forkserver start method the parent is the server.
     parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+    if parent is not None and not parent.is_alive():
         os._exit(1)
 
 
