@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from . import __version__
 from .atomic import atomic_write
 from .errors import DamagedFileError, UsageError
-from .schemas import Count, FileSchema, check
+from .schemas import Count, FileSchema, describe
 
 SUFFIX = ".manifest.json"
 FORMAT = "winclip-run-manifest"
@@ -182,9 +182,9 @@ def read_manifest(rows: Path) -> RunManifest | None:
         if version < VERSION:
             return None
     try:
-        checked = check(_ManifestFile, data, str(manifest_path(rows)))
-    except DamagedFileError as exc:
-        raise _damaged(rows, str(exc).split(": ", 1)[-1]) from None
+        checked = _ManifestFile.model_validate(data)
+    except ValidationError as exc:
+        raise _damaged(rows, describe(exc)) from None
     inputs = {
         key: entry.model_dump(include={"size", "mtime_ns", "sha256"})
         for key, entry in checked.inputs.items()
