@@ -30,11 +30,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_interrupt_resume import SLOW_START, env_for
+from tests.helpers import SLOW_START, env_for, invoke
 from tests.tiny_model import make_tiny_model
 from winclip_cli import atomic
 from winclip_cli.atomic import atomic_write
-from winclip_cli.cache import ReferenceBank, default_cache_dir, load_bank, save_bank
+from winclip_cli.bank import ReferenceBank, load_bank, save_bank
+from winclip_cli.cache import default_cache_dir
 from winclip_cli.calibration import Calibration, load_calibration, save_calibration
 from winclip_cli.data import InputImage, batches
 from winclip_cli.errors import (
@@ -498,7 +499,6 @@ def test_a_rebuilt_manifest_hashes_what_the_rows_name(tmp_path):
 
 
 def test_resume_with_a_damaged_manifest_exits_2_and_keeps_the_rows(parts, model_dir, tmp_path):
-    from tests.test_interrupt_resume import invoke
 
     rows = tmp_path / "rows.csv"
     args = ["score", str(parts), "--model", model_dir, "-o", str(rows)]
@@ -685,7 +685,6 @@ def test_error_rows_of_files_that_are_gone_are_found_once(tmp_path):
 @pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
 @pytest.mark.parametrize("where", ["--report", "-o"])
 def test_a_full_disk_for_the_report_or_the_manifest_is_exit_2(parts, model_dir, tmp_path, where):
-    from tests.test_interrupt_resume import invoke
 
     with _tmpfs(tmp_path / "full", 4096) as real:
         assert real

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .cache import ReferenceBank, bank_from_payload, bank_payload
+from .bank import ReferenceBank, bank_from_payload, bank_payload
 from .errors import BankFileError, CalibrationError
 from .payloads import (
     BANK_FORMAT,
