@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import SLOW_START, env_for, invoke
+from tests.helpers import SLOW_START, env_for, invoke, run_runner
 from tests.tiny_model import make_tiny_model
 from winclip_cli import atomic
 from winclip_cli.atomic import atomic_write
@@ -419,7 +419,7 @@ def test_an_output_that_is_a_read_file_is_refused_naming_both(files, tmp_path, w
 def test_two_outputs_that_are_one_file_are_refused(files, tmp_path):
     manifest = manifest_path(tmp_path / "out.csv")
     writes = [FileUse("-o", tmp_path / "out.csv"), FileUse("the run manifest", manifest)]
-    with pytest.raises(OverlapError, match=r"the run manifest .* and --report"):
+    with pytest.raises(OverlapError, match=r"the run manifest and --report name the same file"):
         refuse_overlaps(reads(files), [*writes, FileUse("--report", manifest)])
 
 
@@ -703,3 +703,113 @@ def test_a_full_disk_for_the_report_or_the_manifest_is_exit_2(parts, model_dir, 
         assert code == 2, stderr
         assert "cannot write" in stderr and "No space left on device" in stderr
         assert not [p for p in (tmp_path / "full").iterdir() if p.name.startswith(".winclip-")]
+
+
+# ----- phase 2: through the command line -------------------------------------------------
+
+
+def scored(parts: Path, model_dir: str, rows: Path, *extra: str) -> list[str]:
+    return ["score", str(parts), "--model", model_dir, "-o", str(rows), *extra]
+
+
+@pytest.fixture()
+def few(tmp_path) -> Path:
+    """Four small parts of our own: tests below delete and break them."""
+    folder = tmp_path / "few"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_rebuild_manifest_resumes_a_damaged_one_with_a_warning_and_checks_again(
+    few, model_dir, tmp_path
+):
+    rows, cache = tmp_path / "rows.csv", tmp_path / "cache"
+    assert invoke(scored(few, model_dir, rows), cache)[0] == 0
+    path = manifest_path(rows)
+    path.write_bytes(path.read_bytes()[:50])
+    code, stderr = invoke(scored(few, model_dir, rows, "--resume", "--rebuild-manifest"), cache)
+    assert code == 0, stderr
+    assert "damaged" in stderr and "taken on trust" in stderr
+    assert read_manifest(rows) is not None  # whole again
+    code, stderr = invoke(scored(few, model_dir, rows, "--resume", "--class", "nut"), cache)
+    assert code == 2 and "--class" in stderr, stderr  # the settings check is on again
+
+
+def test_rebuild_manifest_needs_resume(few, model_dir, tmp_path):
+    code, stderr = invoke(
+        scored(few, model_dir, tmp_path / "r.csv", "--rebuild-manifest"), tmp_path
+    )
+    assert code == 2 and "--rebuild-manifest goes with --resume" in stderr
+
+
+def test_a_resume_repairs_the_file_to_one_row_per_input(few, model_dir, tmp_path):
+    rows, cache = tmp_path / "rows.csv", tmp_path / "cache"
+    assert invoke(scored(few, model_dir, rows), cache)[0] == 0
+    lines = rows.read_text().splitlines(keepends=True)
+    rows.write_text("".join([*lines, lines[2]]))  # a row duplicated by hand
+    code, stderr = invoke(scored(few, model_dir, rows, "--resume"), cache)
+    assert code == 0, stderr
+    assert "one row per input" in stderr
+    records = list(csv.DictReader(io.StringIO(rows.read_text())))
+    assert len(records) == 4 and len({r["path"] for r in records}) == 4
+
+
+def test_an_error_row_of_a_file_now_gone_is_reported_once_and_no_longer_exit_3(
+    few, model_dir, tmp_path
+):
+    rows, cache = tmp_path / "rows.csv", tmp_path / "cache"
+    (few / "9-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert invoke(scored(few, model_dir, rows), cache)[0] == 3
+    (few / "9-broken.png").unlink()
+    code, stderr = invoke(scored(few, model_dir, rows, "--resume"), cache)
+    assert code == 0, stderr
+    assert "gone" in stderr and "9-broken.png" in stderr
+    assert "9-broken.png" not in rows.read_text()
+    code, stderr = invoke(scored(few, model_dir, rows, "--resume"), cache)
+    assert code == 0 and "gone" not in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    ("cell", "field"), [("abc", "score"), ("0.5x", "score"), ("maybe", "status")]
+)
+def test_a_resumed_row_that_breaks_the_schema_is_exit_2(few, model_dir, tmp_path, cell, field):
+    rows, cache = tmp_path / "rows.csv", tmp_path / "cache"
+    assert invoke(scored(few, model_dir, rows, "--threshold", "0.5"), cache)[0] == 0
+    records = list(csv.reader(io.StringIO(rows.read_text())))
+    column = records[0].index(field)
+    records[2][column] = cell
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(records)
+    rows.write_text(buffer.getvalue())
+    code, stderr = invoke(scored(few, model_dir, rows, "--resume", "--threshold", "0.5"), cache)
+    assert code == 2 and f"row 2: field {field}" in stderr and str(rows) in stderr, stderr
+
+
+def test_no_output_of_a_run_may_be_its_calibration_or_manifest(few, model_dir, tmp_path):
+    cache, cal = tmp_path / "cache", tmp_path / "screw.cal"
+    outcome = run_runner(
+        ["calibrate", few, "--model", model_dir, "-o", cal], env={"WINCLIP_CACHE_DIR": str(cache)}
+    )
+    assert outcome.code == 0, outcome.stderr
+    before = cal.read_bytes()
+    base = ["score", str(few), "--model", model_dir, "--calibration", str(cal)]
+    for extra in (["-o", str(cal)], ["--report", str(cal)]):
+        code, stderr = invoke([*base, *extra], cache)
+        assert code == 2 and "--calibration file" in stderr and str(cal) in stderr, stderr
+    assert cal.read_bytes() == before
+    rows = tmp_path / "rows.csv"
+    code, stderr = invoke([*base, "-o", str(rows), "--report", str(manifest_path(rows))], cache)
+    assert code == 2 and "the run manifest and --report name the same file" in stderr, stderr
+
+
+def test_a_report_never_overwrites_an_image_its_rows_name(few, model_dir, tmp_path):
+    rows, cache = tmp_path / "rows.csv", tmp_path / "cache"
+    assert invoke(scored(few, model_dir, rows), cache)[0] == 0
+    photo = few / "0.png"
+    before = photo.read_bytes()
+    outcome = run_runner(["report", rows, "-o", photo])
+    assert outcome.code == 2 and str(photo) in outcome.stderr and "row names" in outcome.stderr
+    assert photo.read_bytes() == before

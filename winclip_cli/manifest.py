@@ -136,7 +136,12 @@ class _ManifestFile(FileSchema):
 
 
 class ManifestDamagedError(DamagedFileError):
-    """A manifest that is not one (cut off, not text, an entry of the wrong kind)."""
+    """A manifest that is not one (cut off, not text, an entry of the wrong kind);
+    ``problem`` says what is wrong with it."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 def _damaged(rows: Path, problem: str) -> ManifestDamagedError:
@@ -144,7 +149,8 @@ def _damaged(rows: Path, problem: str) -> ManifestDamagedError:
         f"cannot resume: the run manifest {manifest_path(rows)} is damaged ({problem}), so "
         f"the settings and files of {rows} cannot be checked; resume with "
         "--rebuild-manifest to rehash the inputs its rows name and record this command "
-        "line's settings, or remove both files to start over"
+        "line's settings, or remove both files to start over",
+        problem,
     )
 
 

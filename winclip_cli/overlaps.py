@@ -97,20 +97,20 @@ def refuse_overlaps(reads: Iterable[FileUse], writes: Sequence[FileUse]) -> None
         if found is not None and found[0].role != write.role:
             read, read_ident = found
             raise OverlapError(
-                f"{write.role} {write.path} would overwrite {read.role} {read.path}"
-                f"{_how(ident, read_ident)}: write it elsewhere"
+                f"{write.role} {write.path} would overwrite an input: {read.role} "
+                f"{read.path}{_how(ident, read_ident)}; write it elsewhere"
             )
         if (folder := read_index.folder_holding(ident)) is not None and folder.role != write.role:
             raise OverlapError(
-                f"{write.role} {write.path} would overwrite a file in {folder.role} "
-                f"{folder.path}: write it elsewhere"
+                f"{write.role} {write.path} would overwrite an input: a file in "
+                f"{folder.role} {folder.path}; write it elsewhere"
             )
         other = write_index.find(ident)
         if other is not None and other[0].role != write.role:
             first, first_ident = other
             raise OverlapError(
-                f"{first.role} {first.path} and {write.role} {write.path} are one file"
-                f"{_how(ident, first_ident)}: give them different names"
+                f"{first.role} and {write.role} name the same file: {write.path}"
+                f"{_how(ident, first_ident)}; give them different names"
             )
         write_index.add(write, ident)
 
