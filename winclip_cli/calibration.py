@@ -15,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
@@ -174,7 +174,9 @@ class Calibration:
 
     ``settings``: the run settings' fingerprint (plain JSON values); ``scores``: the n
     image scores; ``map_maxima``: the n grid-map maxima when the run made maps;
-    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths.
+    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths;
+    ``lineage``: how the file came to be, oldest first (each `review apply`: the old
+    file's fingerprint, the verdict files' hashes, the images added and how).
     """
 
     settings: dict[str, Any]
@@ -182,9 +184,13 @@ class Calibration:
     map_maxima: np.ndarray | None
     bank: ReferenceBank | None
     images: list[str]
+    lineage: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.settings = _plain_json(self.settings)
+        self.lineage = _plain_json({"lineage": self.lineage}, "lineage")["lineage"]
+        if not isinstance(self.lineage, list) or not all(isinstance(e, dict) for e in self.lineage):
+            raise CalibrationError("the lineage must be a list of records")
         self.scores = _as_scores(self.scores, "calibration scores")
         if self.map_maxima is not None:
             self.map_maxima = _as_scores(self.map_maxima, "calibration map maxima")
@@ -243,6 +249,8 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
         "bank": None if cal.bank is None else bank_payload(cal.bank),
         "images": list(cal.images),
     }
+    if cal.lineage:  # files without one stay byte-identical to those made before
+        payload["lineage"] = json.dumps(cal.lineage, allow_nan=False)
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
@@ -271,14 +279,15 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
     checked = check(CalibrationFile, payload, damaged, CalibrationError)
     try:
         settings = json.loads(checked.settings)
+        lineage = json.loads(checked.lineage)
     except ValueError as exc:
-        raise CalibrationError(f"{damaged}: field settings: not JSON ({exc})") from None
+        raise CalibrationError(f"{damaged}: field settings or lineage: not JSON ({exc})") from None
     check(CalibrationSettings, settings, f"{damaged}: settings", CalibrationError)
     scores = checked.scores.to(torch.float64).numpy()
     maxima = None if checked.map_maxima is None else checked.map_maxima.to(torch.float64).numpy()
     bank = None if checked.bank is None else _bank_from_payload(checked.bank, where)
     try:
-        return Calibration(settings, scores, maxima, bank, checked.images)
+        return Calibration(settings, scores, maxima, bank, checked.images, lineage)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

@@ -109,3 +109,4 @@ class CalibrationFile(FileSchema):
     map_maxima: Scores | None
     bank: dict[str, Any] | None  # checked as a BankFile, for its own message
     images: list[str]
+    lineage: str = "[]"  # JSON: each `review apply` that made it (absent: none)
