@@ -57,7 +57,8 @@ from winclip_cli.manifest import (
 from winclip_cli.overlaps import FileUse, reads_of, refuse_overlaps
 from winclip_cli.prompts import load_prompt_file
 from winclip_cli.resume_rows import check_rows, gone_error_rows, one_row_per_input
-from winclip_cli.rows import Row, RowsFile, RowWriter
+from winclip_cli.rows import Row, RowWriter
+from winclip_cli.rows_file import RowsFile
 
 COLS = ["path", "score", "status", "error"]
 

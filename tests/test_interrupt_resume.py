@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import COUNT, WEIRD, command, count_rows, env_for, invoke, is_stage
-from winclip_cli.rows import Row, RowsFile, RowWriter, columns, read_finished_rows
+from winclip_cli.rows import Row, RowWriter, columns, read_finished_rows
+from winclip_cli.rows_file import RowsFile
 
 COLUMNS = ["path", "score", "map_max", "overlay", "status", "error"]
 

@@ -39,7 +39,8 @@ from .paths import check_out_dir, check_writable_file, is_within
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
-from .rows import RowsFile, columns
+from .rows import columns
+from .rows_file import RowsFile
 from .settings import RunFacts, apply_to_options, load_for_run, run_settings
 from .shards import parse_shard, shard_of
 from .tiling import TileGrid

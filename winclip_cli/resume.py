@@ -27,7 +27,8 @@ from .manifest import (
 )
 from .options import RunOptions
 from .resume_rows import check_rows, gone_error_rows, one_row_per_input
-from .rows import SCORE_DECIMALS, RowsFile, RowWriter, read_finished_rows
+from .rows import SCORE_DECIMALS, RowWriter, read_finished_rows
+from .rows_file import RowsFile
 
 
 @dataclass
