@@ -508,12 +508,12 @@ def test_a_filesystem_without_locks_still_gets_its_rows(few, model_dir, tmp_path
     """NFS without lockd says ENOLCK: that is not "another run", the run goes on."""
     import errno
 
-    from winclip_cli import rows
+    from winclip_cli import rows_file
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(rows.fcntl, "flock", no_locks)
+    monkeypatch.setattr(rows_file.fcntl, "flock", no_locks)
     rows = tmp_path / "rows.csv"
     code, stderr = invoke(["score", str(few), "--model", model_dir, "-o", str(rows)], tmp_path)
     assert code == 0, stderr
