@@ -36,6 +36,7 @@ from .options import (
 from .outputs import OverlayStyle, output_name
 from .overlaps import FileUse, refuse_overlaps
 from .paths import check_out_dir, check_writable_file, is_within
+from .pool_source import PoolSource, check_calibration_pool, outside_pool, plan_pool
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
@@ -112,6 +113,7 @@ class Plan:
     engine: EngineSpec  # the engine and its settings: tile grid, workers, batch size
     calibration: Calibration | None = None  # --calibration: its settings apply
     resume: Resumed = field(default_factory=lambda: Resumed())
+    pool: PoolSource = field(default_factory=PoolSource)  # --pool: mutual scoring's pool
 
     @property
     def grid(self) -> TileGrid:
@@ -206,6 +208,16 @@ def _find_inputs(opts: RunOptions) -> list[InputImage]:
     return images
 
 
+def _ref_and_pool(opts: RunOptions | CalibrateOptions) -> list[tuple[str, Path]]:
+    """--ref and --pool, where given: files or folders a run reads."""
+    given = (("--ref", opts.ref), ("--pool", opts.pool))
+    return [(option, path) for option, path in given if path is not None]
+
+
+def _kind(path: Path) -> str:
+    return "folder" if path.is_dir() else "file"
+
+
 def run_files(
     opts: RunOptions, images: list[InputImage], refs: list[InputImage]
 ) -> tuple[list[FileUse], list[FileUse]]:
@@ -214,10 +226,7 @@ def run_files(
     overlay, map and mask), for the one overlap check."""
     reads = [FileUse("the input image", im.path) for im in images]
     reads += [FileUse("the reference image", im.path) for im in refs]
-    if opts.ref is not None:
-        reads.append(
-            FileUse("the --ref bank" if opts.ref.is_file() else "the --ref folder", opts.ref)
-        )
+    reads += [FileUse(f"the {option} {_kind(path)}", path) for option, path in _ref_and_pool(opts)]
     if opts.calibration is not None:
         reads.append(FileUse("the --calibration file", opts.calibration))
     reads += model_files(opts.model)
@@ -229,6 +238,8 @@ def run_files(
         writes.append(FileUse("--save-bank", opts.save_bank))
     if opts.report is not None:
         writes.append(FileUse("--report", opts.report))
+    if opts.save_pool is not None:
+        writes.append(FileUse("--save-pool", opts.save_pool))
     if opts.maps:
         suffixes = ["." + opts.overlay_format]
         suffixes += [".npy"] if opts.save_maps else []
@@ -272,6 +283,7 @@ def engine_spec(
         maps_only_anomalous=opts.maps_mode == "anomalous",
         rule=rule,
         ray=opts.ray,
+        mutual_set=opts.mutual_set if opts.mutual else None,
     )
 
 
@@ -281,8 +293,10 @@ def plan(opts: RunOptions) -> Plan:
     prompts = check_model_options(opts.model)
     cal = None
     if opts.calibration is not None:
-        cal = load_for_run(opts.calibration)
+        source = opts.calibration
+        cal = load_for_run(source)
         opts, prompts = apply_to_options(opts, cal)
+        check_calibration_pool(cal.settings.get("pool"), opts.pool, source)
     refs = plan_references(opts)
     if cal is not None:
         refs.source, refs.bank = opts.calibration, cal.bank
@@ -296,6 +310,7 @@ def plan(opts: RunOptions) -> Plan:
         check_writable_file(opts.report)
     if opts.maps:
         check_out_dir(opts.out_dir)
+    pool = plan_pool(opts.pool, opts.save_pool, tile_grid(opts.tiles, opts.tile_overlap))
     images = _find_inputs(opts)
     if opts.shard is not None:  # after the walk and sort: the same cut in every job
         images = shard_of(images, *parse_shard(opts.shard))
@@ -315,18 +330,19 @@ def plan(opts: RunOptions) -> Plan:
     )
     spec = engine_spec(opts, prompts, rule)
     if opts.output is None or opts.to_stdout:
-        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal)
+        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal, pool=pool)
     output = Path(opts.output)
     check_writable_file(output)
     rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
     try:
         ref_images = [im.path for im in refs.images]
-        facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal)
+        facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal, pool.identity())
         done, todo, resumed = prepare(opts, images, cols, rule, run_settings(facts), rows_file)
     except BaseException:
         rows_file.release()
         raise
-    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    args = (opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    return Plan(*args, pool=pool)
 
 
 def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
@@ -345,23 +361,29 @@ def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
         output=str(opts.output),
         tiles=opts.tiles,
         tile_overlap=opts.tile_overlap,
+        pool=opts.pool,
+        save_pool=opts.save_pool,
         model=opts.model,
     )
     check_numbers(run)
     prompts = check_model_options(run.model)
     refs = plan_references(run)
     check_writable_file(opts.output)
+    pool = plan_pool(opts.pool, opts.save_pool, tile_grid(opts.tiles, opts.tile_overlap))
     try:
         found = find_images(opts.inputs)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     reads = [FileUse("the known-good image", im.path) for im in found]
     reads += [FileUse("the reference image", im.path) for im in refs.images]
-    if opts.ref is not None:
-        reads.append(FileUse(f"the --ref {'bank' if opts.ref.is_file() else 'folder'}", opts.ref))
-    refuse_overlaps([*reads, *model_files(opts.model)], [FileUse("-o", opts.output)])
+    reads += [FileUse(f"the {option} {_kind(path)}", path) for option, path in _ref_and_pool(opts)]
+    writes = [FileUse("-o", opts.output)]
+    writes += [FileUse("--save-pool", opts.save_pool)] if opts.save_pool is not None else []
+    refuse_overlaps([*reads, *model_files(opts.model)], writes)
     images, left_out = calibration_images(found, refs.images)
+    images, in_pool = outside_pool(images, pool)
     if not images:
-        raise UsageError("no known-good images left to calibrate on (all are references?)")
+        raise UsageError("no known-good images left to calibrate on (all references or pool?)")
     spec = engine_spec(run, prompts)
-    return Plan(run, images, images, {}, prompts, refs, [], None, None, spec), left_out
+    calibrating = Plan(run, images, images, {}, prompts, refs, [], None, None, spec, pool=pool)
+    return calibrating, left_out + in_pool
