@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import check_model_options, check_numbers, prompt_file
+from .checks import check_model_options, check_numbers, model_files
 from .conformal import conformal_rank
 from .datasets import CategoryData, discover, is_dataset_file
 from .engines import EngineSpec
 from .errors import CalibrationError, DatasetError, UsageError
 from .options import DEFAULT_CLASS, EvalOptions, RunOptions
-from .paths import check_writable_file, refuse_overwriting
+from .overlaps import FileUse, refuse_overlaps
+from .paths import check_writable_file
 from .planning import engine_spec
 from .pool_source import PoolSource, plan_pool
 from .references import pick_references
@@ -107,16 +108,15 @@ def eval_categories(
 
 
 def _check_outputs(opts: EvalOptions) -> None:
-    """--json and --scores: writable, two files, neither an input."""
-    inputs = [p for p in (opts.model.weights, prompt_file(opts.model)) if p is not None]
+    """--json and --scores: writable, two files, neither a file eval reads."""
+    reads, writes = model_files(opts.model), []
     for option, path in (("--json", opts.json_path), ("--scores", opts.scores_path)):
         if path is not None and str(path) != "-":
             check_writable_file(path)
-            protected = [*inputs, path] if is_dataset_file(opts.root, path) else inputs
-            refuse_overwriting(option, path, protected)
-    json_path, scores_path = opts.json_path, opts.scores_path
-    if json_path and scores_path and os.path.abspath(json_path) == os.path.abspath(scores_path):
-        raise UsageError("--json and --scores name the same file")
+            writes.append(FileUse(option, path))
+            if is_dataset_file(opts.root, path):  # results kept in the dataset are outputs
+                reads.append(FileUse("a file of the dataset", path))
+    refuse_overlaps(reads, writes)
 
 
 def _check_mutual_eval(opts: EvalOptions) -> None:
