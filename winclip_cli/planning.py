@@ -67,7 +67,8 @@ class References:
 
 @dataclass
 class Plan:
-    """Everything one run needs, checked: a context manager that holds the -o file."""
+    """Everything one run needs, checked: a context manager that holds the -o file and
+    the engine's session."""
 
     opts: RunOptions
     images: list[InputImage]  # every input, in input order
