@@ -25,6 +25,7 @@ from PIL import Image
 
 from tests.tiny_model import make_tiny_model
 from winclip_cli.rows import Row, RowsFile, RowWriter, columns, read_finished_rows
+from winclip_cli.runinfo import start_run
 
 COLUMNS = ["path", "score", "map_max", "overlay", "status", "error"]
 COUNT = 120  # images: enough that a run is still going when the signal arrives
@@ -521,17 +522,20 @@ def test_resume_from_another_folder_is_refused_not_duplicated(
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_rows_file_in_use_by_another_run_is_left_alone(few, model_dir, tmp_path, resume):
     """Two runs appending to one file interleave and duplicate rows: the second is refused
-    (exit 2) while the first holds the file, and the file is not touched."""
+    while the first holds the file (exit 75, "try again later", naming the holder), and
+    the file is not touched."""
     rows = tmp_path / "rows.csv"
     args = ["score", str(few), "--model", model_dir, "-o", str(rows)]
     code, stderr = invoke(args, tmp_path)
     assert code == 0, stderr
     rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:2]) + "torn,0.")
     before = rows.read_bytes()
+    holder = start_run()
     held = RowsFile(rows)  # what the first run holds while it writes
     try:
         code, stderr = invoke([*args, *(["--resume"] if resume else [])], tmp_path)
-        assert code == 2 and "being written by another winclip run" in stderr, stderr
+        assert code == 75 and f"being written by run {holder.run_id}" in stderr, stderr
+        assert f"pid {holder.pid}" in stderr and holder.started in stderr
         assert rows.read_bytes() == before, "not truncated, not repaired, not appended"
     finally:
         held.release()

@@ -105,6 +105,10 @@ class RunOptions:
     # Options the user typed (CLI parameter names), so a calibration's settings can fill
     # the others and refuse only real contradictions.
     given: frozenset[str] = frozenset()
+    listed: frozenset[Path] = frozenset()  # inputs read from a list on stdin (pathlists)
+    header: bool = True  # --no-header: no CSV header (xargs batches appended to one file)
+    wait: float = 0.0  # --wait SECONDS for an -o file another run holds (0: exit 75 at once)
+    verbose: bool = False  # --verbose: tracebacks of bugs, and Ray's own log lines
 
     @property
     def to_stdout(self) -> bool:

@@ -3,6 +3,7 @@ writer that flushes each row, the reader that --resume uses, and the held -o fil
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from . import rows_lock
 from .atomic import atomic_write
 from .errors import FileBusyError
+from .rows_lock import LockWait
+from .runinfo import RunInfo
 
 try:
     import fcntl
@@ -34,7 +38,8 @@ COLUMNS: dict[str, str] = {
     "p_value": "(1 + #{calibration scores >= score}) / (n + 1), 6 decimals (--calibration)",
     "label": "anomalous or normal (with a decision rule: --threshold or --calibration)",
     "map_max": "maximum of the anomaly map (segment, fewshot)",
-    "anomalous_pixels": "pixels above the calibration's pixel threshold (maps, --calibration)",
+    "anomalous_pixels": "pixels above the calibration's pixel threshold (maps, --calibration); "
+    "0 on an anomalous row: anomalous as a whole, no localized region",
     "overlay": "the heatmap overlay written for this input (segment, fewshot)",
     "mask": "the anomalous-region mask PNG written with --save-masks",
     "map": "the raw map written with --save-maps",
@@ -226,12 +231,6 @@ def _rewrite(path: Path, old: bytes, fmt: str, cols: list[str], rows: list[dict[
         atomic_write(path, lambda f: f.write(data))
 
 
-def _suppress_os_error() -> Any:
-    import contextlib
-
-    return contextlib.suppress(OSError)
-
-
 # ----- where rows go --------------------------------------------------------------------
 
 
@@ -258,19 +257,23 @@ class RowsFile:
 
     A FIFO or device (`-o /dev/stdout`) is just opened for writing: nothing to lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait: LockWait | None = None) -> None:
         self.path = path
         self.fd: int | None = None
         self.new_fd: int | None = None  # the replacement being written (see replacement)
+        self.wait = wait or LockWait()
         try:
             special = not stat.S_ISREG(os.stat(path).st_mode)
         except FileNotFoundError:
             special = False
         self.regular = not special
+        self.made_folders: list[Path] = []
+        self.holder: RunInfo | None = None  # this run, once it holds the lock
         if special:
             self.created = False
             self.fd = os.open(path, os.O_WRONLY | _BINARY)
             return
+        self.made_folders = rows_lock.make_parents(path)  # -o into a new folder, as --out does
         for _attempt in range(5):
             self.created = not path.exists()
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
@@ -291,17 +294,20 @@ class RowsFile:
             return
         fd = self.fd
         assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            self.fd = None
-            raise FileBusyError(
-                f"{self.path} is being written by another winclip run: wait for it, or "
-                "write to another file"
-            ) from exc
-        except OSError:  # no locking on this filesystem (NFS without lockd, some FUSE)
-            pass
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                if self.wait.pause(self.path):  # --wait: try again until the deadline
+                    continue
+                os.close(fd)
+                self.fd = None
+                rows_lock.remove_folders(self.made_folders)
+                raise FileBusyError(rows_lock.busy_message(self.path)) from exc
+            except OSError:  # no locking on this filesystem (NFS without lockd, some FUSE)
+                return
+            self.holder = rows_lock.write_holder(self.path)  # a second run can say who holds it
+            return
 
     def _still_the_file(self) -> bool:
         try:
@@ -359,7 +365,7 @@ class RowsFile:
         if hasattr(os, "fchmod"):  # POSIX
             os.fchmod(self.new_fd, stat.S_IMODE(os.fstat(self.fd).st_mode))
         if fcntl is not None:
-            with _suppress_os_error():
+            with contextlib.suppress(OSError):
                 fcntl.flock(self.new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.replace(self.replacement_path, self.path)
         os.close(self.fd)
@@ -379,8 +385,11 @@ class RowsFile:
         if self.fd is None:
             return False
         empty = self.created and os.fstat(self.fd).st_size == 0
+        if self.regular:
+            rows_lock.drop_holder(self.path, self.holder)  # before the lock goes
         os.close(self.fd)  # first: Windows can't remove an open file
         self.fd = None
         if empty:
             self.path.unlink(missing_ok=True)
+            rows_lock.remove_folders(self.made_folders)
         return empty
