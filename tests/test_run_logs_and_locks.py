@@ -245,3 +245,11 @@ def test_an_anomalous_image_without_a_region_says_so_and_marks_the_hottest_point
 def test_region_rows_are_not_whole_image(tmp_path):
     assert not is_whole_image("anomalous", None) and not is_whole_image("", "0")
     assert Path  # the path column is unchanged
+
+
+def test_rows_and_files_are_counted_apart():
+    from winclip_cli.progress import rows_and_files
+
+    assert rows_and_files(10, 1) == "10 rows (9 files present, 1 no longer on disk)"
+    assert rows_and_files(2, 1) == "2 rows (1 file present, 1 no longer on disk)"
+    assert rows_and_files(1, 0) == "1 row" and rows_and_files(3, 0) == "3 rows"

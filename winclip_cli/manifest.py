@@ -90,6 +90,9 @@ class RunManifest:
     settings: dict[str, Any]
     weights: str | None = None
     inputs: dict[str, Identity] = field(default_factory=dict)  # resume key -> identity
+    # What a report made later from the rows shows (report_context): the header, the
+    # threshold, the calibration's scores. Not compared on --resume.
+    context: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         data = {
@@ -99,6 +102,7 @@ class RunManifest:
             "settings": self.settings,
             "weights": self.weights,
             "inputs": self.inputs,
+            "context": self.context,
         }
         # ASCII with escapes: names that are not UTF-8 (surrogates) round-trip.
         return (json.dumps(data, ensure_ascii=True, indent=1) + "\n").encode()
@@ -120,8 +124,13 @@ def read_manifest(rows: Path) -> RunManifest | None:
     settings, inputs = data.get("settings"), data.get("inputs")
     if not isinstance(settings, dict) or not isinstance(inputs, dict):
         return None
-    weights = data.get("weights")
-    return RunManifest(settings, weights if isinstance(weights, str) else None, inputs)
+    weights, context = data.get("weights"), data.get("context")
+    return RunManifest(
+        settings,
+        weights if isinstance(weights, str) else None,
+        inputs,
+        context if isinstance(context, dict) else None,
+    )
 
 
 def _shown(value: Any) -> str:

@@ -243,3 +243,15 @@ class _Rate:
 def _stamper(run: RunInfo) -> Callable[[], str]:
     """The prefix of a log line: ISO 8601 time, then the run id in brackets."""
     return lambda: f"{now_iso()} [{run.run_id}] "
+
+
+def rows_and_files(rows: int, gone: int) -> str:
+    """'10 rows (9 files present, 1 no longer on disk)': a resumed run keeps the rows of
+    files deleted since (a camera folder archives old photos); without such rows, '10
+    rows'."""
+    text = f"{rows} row{'s' if rows != 1 else ''}"
+    if not gone:
+        return text
+    present = rows - gone
+    files = "file" if present == 1 else "files"
+    return f"{text} ({present} {files} present, {gone} no longer on disk)"
