@@ -69,15 +69,19 @@ class Outcome:
 
 
 def run_runner(
-    args: Sequence[object], cwd: Path | None = None, env: dict[str, str] | None = None
+    args: Sequence[object],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | bytes | None = None,
 ) -> Outcome:
-    """`winclip ARGS` in this process, through Typer's CliRunner."""
+    """`winclip ARGS` in this process, through Typer's CliRunner (``stdin``: its input,
+    read by `-`; without a descriptor it is never taken for a piped list)."""
     previous = os.getcwd()
     if cwd is not None:
         os.chdir(cwd)
     try:
         result = CliRunner().invoke(
-            app, [str(a) for a in args], env={"COLUMNS": "200", **(env or {})}
+            app, [str(a) for a in args], input=stdin, env={"COLUMNS": "200", **(env or {})}
         )
     finally:
         os.chdir(previous)
@@ -101,6 +105,7 @@ def run_process(
         [str(WINCLIP), *(str(a) for a in args)],
         cwd=cwd,
         env=process_env(env),
+        stdin=subprocess.DEVNULL,  # not the test runner's: a piped one is a list of paths
         capture_output=True,
         text=True,
         timeout=timeout,
