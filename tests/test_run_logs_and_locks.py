@@ -253,3 +253,19 @@ def test_rows_and_files_are_counted_apart():
     assert rows_and_files(10, 1) == "10 rows (9 files present, 1 no longer on disk)"
     assert rows_and_files(2, 1) == "2 rows (1 file present, 1 no longer on disk)"
     assert rows_and_files(1, 0) == "1 row" and rows_and_files(3, 0) == "3 rows"
+
+
+def test_the_settings_line_reads_as_a_command():
+    from winclip_cli.runinfo import settings_line
+
+    line = settings_line(
+        [
+            ("", ["a b.jpg", "c.jpg", "d.jpg", "e.jpg"]),
+            ("--class", "screw"),
+            ("--ref", None),
+            ("--resume", True),
+            ("--quiet", False),
+            ("--threshold", 0.5),
+        ]
+    )
+    assert line == "'a b.jpg' c.jpg d.jpg (+1 more) --class screw --resume --threshold 0.5"

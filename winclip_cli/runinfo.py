@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import socket
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -70,3 +71,26 @@ def start_run() -> RunInfo:
 def current_run() -> RunInfo:
     """The run under way in this process (one is started when none was)."""
     return _current if _current is not None else start_run()
+
+
+def settings_line(options: list[tuple[str, object]], most: int = 3) -> str:
+    """A run's settings for its log's first line: ``--name value`` for each option that
+    holds a value (a flag: its name), a list shown by its first ``most`` items."""
+    parts: list[str] = []
+    for name, value in options:
+        if value is None or value is False or value == [] or value == ():
+            continue
+        if value is True:
+            parts.append(name)
+            continue
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        text = " ".join(_quoted(str(v)) for v in items[:most])
+        if len(items) > most:
+            text += f" (+{len(items) - most} more)"
+        parts.append(text if not name else f"{name} {text}")
+    return " ".join(parts)
+
+
+def _quoted(text: str) -> str:
+    """A value as a shell would need it, so the line reads as a command."""
+    return shlex.quote(text) if text else "''"
