@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import WinclipError
 from .manifest import RunManifest, read_manifest
 
 # Settings in which the parts of one job differ by design.
@@ -84,7 +85,11 @@ def context_of(rows_files: Sequence[Path]) -> ReportContext:
     notes: list[str] = []
     found: list[tuple[Path, RunManifest]] = []
     for path in rows_files:
-        manifest = read_manifest(Path(path))
+        try:
+            manifest = read_manifest(Path(path))
+        except WinclipError as exc:  # a damaged manifest: the rows are still reported
+            notes.append(f"{path}: {exc}")
+            continue
         if manifest is None or manifest.context is None:
             notes.append(
                 f"{path}: no run manifest beside it (written to stdout, or by an older "
