@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 import winclip_cli.backbone as backbone_module
-from tests.test_cli import PARTS, read_csv, run_runner
-from tests.test_cli import model as model  # a fixture
+from tests.helpers import PARTS, read_csv, run_runner
 from winclip_cli.calibration import load_calibration, save_calibration
 from winclip_cli.decision import WHOLE_IMAGE
 from winclip_cli.provenance import ModelRecord

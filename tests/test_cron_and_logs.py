@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import PARTS, REPO, WINCLIP, process_env, read_csv, run_runner
-from tests.test_cli import model as model  # a fixture
+from tests.helpers import PARTS, REPO, WINCLIP, process_env, read_csv, run_runner
 from winclip_cli import __version__
 from winclip_cli.rows_lock import holder_path, read_holder
 

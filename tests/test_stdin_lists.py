@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import PARTS, WINCLIP, Outcome, process_env, read_csv, run_runner
-from tests.test_cli import model as model  # a fixture
+from tests.helpers import PARTS, WINCLIP, Outcome, process_env, read_csv, run_runner
 
 
 def piped(command: str, cwd: Path, stdin: int | None = subprocess.DEVNULL) -> Outcome:

@@ -17,7 +17,6 @@ DEFAULT_CLASS = "object"
 LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
 DEFAULT_SETTLE = 2.0  # seconds: with --resume, files modified more recently wait a run
-DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_FALSE_ALARM_RATE = 0.01  # --false-alarm-rate with --calibration
 MAP_MODES = ("all", "anomalous")  # --maps: every image, or only those decided anomalous
