@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -163,9 +164,20 @@ def count_rows(path: Path, fmt: str) -> int:
 STAGES = ("model loaded: ", "text embeddings for ", "reference bank ", "scoring: ")
 
 
+# A log's lines start with the time and the run id (progress.Reporter with a run).
+LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d \[[0-9a-f]{6}\] ")
+
+
+def unstamped(line: str) -> str:
+    """A log line without its time and run id."""
+    return LOG_STAMP.sub("", line, count=1)
+
+
 def is_stage(line: str) -> bool:
-    """A stage line that a log (stderr not a terminal) gets before scoring."""
-    return line.startswith(STAGES)
+    """A line a log (stderr not a terminal) gets besides the run's messages: its first
+    (version, command, settings) and last (counts, exit code), stages and progress."""
+    text = unstamped(line)
+    return text.startswith((*STAGES, "winclip ", "finished: "))
 
 
 def invoke(args: list[str], cache: Path, settle: str | None = "0"):

@@ -757,7 +757,7 @@ def test_download_prints_the_path(monkeypatch, tmp_path):
 
     calls = []
 
-    def fake(model, pretrained, cache_dir=None, allow_download=True):
+    def fake(model, pretrained, cache_dir=None, allow_download=True, downloading=False):
         calls.append((model, pretrained))
         return tmp_path / "weights.bin"
 
@@ -779,7 +779,7 @@ def test_download_of_a_local_folder_is_a_usage_error():
 def test_download_failure_exits_4(monkeypatch):
     import winclip_cli.backbone as backbone
 
-    def fake(model, pretrained, cache_dir=None, allow_download=True):
+    def fake(model, pretrained, cache_dir=None, allow_download=True, downloading=False):
         raise backbone.WeightsUnavailableError("the model hub cannot be reached")
 
     monkeypatch.setattr(backbone, "fetch_pretrained", fake)

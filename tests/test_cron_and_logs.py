@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PARTS, REPO, WINCLIP, process_env, read_csv, run_runner
+from tests.helpers import GOOD, PARTS, REPO, WINCLIP, process_env, read_csv, run_runner
 from winclip_cli import __version__
 from winclip_cli.rows_lock import holder_path, read_holder
 
@@ -95,7 +95,7 @@ def test_the_cron_recipe_run_twice_at_once_mails_nobody(model, tmp_path):
     for i in range(4):
         shutil.copytree(PARTS, line / "today" / f"cam{i}")
     bank = run_runner(
-        ["fewshot", PARTS / "good", "--ref", PARTS / "good", "--k", "2", "--save-bank",
+        ["fewshot", PARTS / "local", "--ref", GOOD, "--k", "2", "--save-bank",
          line / "good.bank", "--out", tmp_path / "out", *model]
     )  # fmt: skip
     assert bank.code == 0, bank.stderr

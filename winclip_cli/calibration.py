@@ -169,7 +169,9 @@ class Calibration:
 
     ``settings``: the run settings' fingerprint (plain JSON values); ``scores``: the n
     image scores; ``map_maxima``: the n grid-map maxima when the run made maps;
-    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths.
+    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths;
+    ``model_record``: the model it was made with (provenance.ModelRecord as JSON), so a
+    run that names no model uses that one.
     """
 
     settings: dict[str, Any]
@@ -177,6 +179,7 @@ class Calibration:
     map_maxima: np.ndarray | None
     bank: ReferenceBank | None
     images: list[str]
+    model_record: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.settings = _plain_json(self.settings)
@@ -237,6 +240,7 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
         ),
         "bank": None if cal.bank is None else bank_payload(cal.bank),
         "images": list(cal.images),
+        "model": None if cal.model_record is None else json.dumps(cal.model_record),
     }
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
@@ -278,12 +282,14 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         images = payload["images"]
         if not isinstance(images, list):
             raise CalibrationError(f"{where}: damaged calibration file (images)")
+        record = payload.get("model")  # absent from files made before it was recorded
+        model_record = json.loads(record) if isinstance(record, str) else None
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CalibrationError):
             raise
         raise CalibrationError(f"{where}: damaged calibration file") from exc
     try:
-        return Calibration(settings, scores, maxima, bank, images)
+        return Calibration(settings, scores, maxima, bank, images, model_record)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

@@ -127,6 +127,10 @@ def check_numbers(opts: RunOptions) -> None:
         raise UsageError("--settle must be 0 (off) or more seconds")
     if opts.resume and opts.to_stdout:
         raise UsageError("--resume needs -o FILE (the file to continue)")
+    if opts.resume and not opts.header:
+        raise UsageError("--no-header and --resume: a file to resume keeps its header")
+    if not (math.isfinite(opts.wait) and opts.wait >= 0):
+        raise UsageError("--wait must be 0 (exit 75 at once) or more seconds")
     if opts.to_stdout and sys.stdout is None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
     _check_scale_out(opts)

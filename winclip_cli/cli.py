@@ -56,8 +56,10 @@ from .cli_options import (
     VerboseOpt,
     WeightsOpt,
     WorkersOpt,
+    command_settings,
     model_options,
     run_options,
+    typed,
 )
 from .cli_run_options import (
     SCORING_HELP,
@@ -69,6 +71,9 @@ from .cli_run_options import (
     KOpt,
     MapDtypeOpt,
     MapsModeOpt,
+    NoHeaderOpt,
+    NoRetryErrorsOpt,
+    NullOpt,
     OutOpt,
     OutputOpt,
     OverlayFormatOpt,
@@ -80,7 +85,6 @@ from .cli_run_options import (
     RefOpt,
     ReportOpt,
     ResumeOpt,
-    RetryErrorsOpt,
     SaveBankOpt,
     SaveMapsOpt,
     SaveMasksOpt,
@@ -88,6 +92,7 @@ from .cli_run_options import (
     SettleOpt,
     ShardOpt,
     ThresholdOpt,
+    WaitOpt,
 )
 from .errors import ExitCode, Interrupted, WinclipError
 from .options import (
@@ -105,6 +110,7 @@ from .options import (
 )
 from .progress import Reporter
 from .rows import discard_stdout
+from .runinfo import start_run
 from .version import __version__
 
 app = typer.Typer(
@@ -150,20 +156,15 @@ def main(
     _reserve_standard_streams()
 
 
-def _given(ctx: typer.Context) -> frozenset[str]:
-    """The parameters typed on the command line (not defaults or the environment)."""
-    # By name: Typer may carry its own copy of click's ParameterSource enum.
-    return frozenset(
-        name
-        for name in ctx.params
-        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-    )
-
-
-def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
-    """Run ``action(reporter)`` and turn every outcome into the documented exit code:
-    the one place where errors become messages and codes."""
-    reporter = Reporter(quiet=quiet)
+def _run(
+    action: Callable[[Any], int], quiet: bool, verbose: bool, ctx: typer.Context | None = None
+) -> None:
+    """Run ``action(reporter)``, turn every outcome into the documented exit code (the
+    one place where errors become messages and codes). A log gets a first line naming
+    the run (``ctx``: its command and settings), a last with counts, time, exit code."""
+    reporter = Reporter(quiet=quiet, run=start_run())
+    if ctx is not None:
+        reporter.begin(__version__, ctx.info_name or "winclip", command_settings(ctx))
     # Library warnings (a cache that can't be written, torch's advice) are messages like
     # ours: through the reporter, one line, silenced by --quiet.
     warnings.showwarning = lambda message, *_args, **_kw: reporter.warn(str(message))
@@ -189,6 +190,7 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
             traceback.print_exc(file=reporter.stream)  # never stdout, even with 2>&-
         reporter.error(f"internal error: {type(exc).__name__}: {exc} (--verbose shows details)")
         code = ExitCode.INTERNAL
+    reporter.finish(int(code))
     raise typer.Exit(int(code))
 
 
@@ -198,6 +200,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
     def command(
         ctx: typer.Context,
         paths: PathsOpt = None,
+        null: NullOpt = False,
         class_name: ClassOpt = DEFAULT_CLASS,
         ref: RefOpt = None,
         k: KOpt = None,
@@ -218,7 +221,9 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         false_alarm_rate: FalseAlarmRateOpt = None,
         save_masks: SaveMasksOpt = False,
         maps_mode: MapsModeOpt = "all",
-        retry_errors: RetryErrorsOpt = True,
+        no_retry_errors: NoRetryErrorsOpt = False,
+        no_header: NoHeaderOpt = False,
+        wait: WaitOpt = 0.0,
         settle: SettleOpt = DEFAULT_SETTLE,
         shard: ShardOpt = None,
         engine: EngineOpt = "local",
@@ -242,8 +247,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
     ) -> None:
         from .commands.run import run
 
-        options = run_options(mode, ctx.params, _given(ctx))
-        _run(lambda reporter: run(options, reporter), quiet, verbose)
+        given = typed(ctx)
+        _run(lambda r: run(run_options(mode, ctx.params, given), r), quiet, verbose, ctx)
 
     if mode == "score":  # score makes no images: hide the image options from its help
         signature = inspect.signature(command)
@@ -303,7 +308,7 @@ def calibrate_command(
         tile_overlap=tile_overlap,
         model=model_options(ctx.params),
     )
-    _run(lambda reporter: run_calibrate(options, reporter), quiet, verbose)
+    _run(lambda reporter: run_calibrate(options, reporter), quiet, verbose, ctx)
 
 
 @app.command("eval")
@@ -358,11 +363,12 @@ def eval_command(
 
     from .commands.evaluate import eval_with_progress
 
-    _run(lambda reporter: eval_with_progress(options, reporter, quiet), quiet, verbose)
+    _run(lambda reporter: eval_with_progress(options, reporter, quiet), quiet, verbose, ctx)
 
 
 @app.command("report")
 def report_command(
+    ctx: typer.Context,
     rows: RowsOpt,
     output: ReportOutputOpt = Path("report.html"),
     gallery: GalleryOpt = 200,
@@ -376,7 +382,7 @@ def report_command(
 
     from .commands.report import report_command as report
 
-    _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose)
+    _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose, ctx)
 
 
 @app.command()

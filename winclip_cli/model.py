@@ -21,6 +21,7 @@ from .errors import BankMismatchError, WeightsUnavailableError
 from .imaging import Preprocessor
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_SCALES, ModelOptions
 from .prompts import PromptSet, clean_class_name
+from .provenance import PROVENANCE_KEY, record_of
 from .scoring import (
     association,
     check_temperature,
@@ -187,6 +188,7 @@ class WinClip:
 
     def bank_meta(self, num_images: int) -> dict[str, Any]:
         """What a bank built by this model records about it."""
+        b = self.backbone
         return {
             "model": self.backbone.model_name,
             "weights": self.backbone.weights_id,
@@ -194,6 +196,9 @@ class WinClip:
             "grid_size": list(self.grid_size),
             "scales": list(self.scales),
             "num_images": int(num_images),
+            # The model, tag and weights file, so a run with --ref BANK and no model
+            # options uses them (provenance); not compared by check_bank.
+            PROVENANCE_KEY: record_of(b.model_name, b.pretrained, b.checkpoint),
         }
 
     def check_bank(self, bank: ReferenceBank) -> ReferenceBank:

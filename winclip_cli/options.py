@@ -54,6 +54,7 @@ class RayOptions:
     address: str | None = None  # None: $RAY_ADDRESS, else a local Ray for this run
     workers: int | None = None  # actor pool size; None: DEFAULT_RAY_WORKERS
     gpus_per_worker: float | None = None  # None: 0
+    verbose: bool = False  # --verbose: Ray's own log lines and its workers' output shown
 
     @property
     def given(self) -> list[str]:

@@ -7,6 +7,7 @@ input order; RowSink writes each row as soon as its images are on disk.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Generator, Sequence
@@ -27,8 +28,8 @@ from .interrupts import interruptible
 from .manifest import refuse_other_weights
 from .model import WinClip
 from .planning import Plan
-from .progress import Reporter
-from .reportsink import ReportSink
+from .progress import Reporter, rows_and_files
+from .reportsink import ReportSink, run_context_of
 from .rowsink import RowSink, Tally
 from .settings import check_loaded, fingerprint
 from .tiling import TileGrid, TileGridError, grid_meta
@@ -38,9 +39,27 @@ if TYPE_CHECKING:
 
 
 def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCode:
-    """Run a checked Plan: load what it needs, score ``p.todo``, write the rows."""
+    """Run a checked Plan: load what it needs, score ``p.todo``, write the rows. The
+    counts of the rows written (kept ones included) go to ``reporter.counts``."""
+    tally = Tally(pending=len(p.resume.pending))
+    try:
+        return _execute(p, reporter, tally, model)
+    finally:
+        reporter.counts = run_counts(p, tally)
+
+
+def run_counts(p: Plan, tally: Tally) -> str:
+    """'10 rows (9 files present, 1 no longer on disk): 9 ok, 1 error(s), ...'."""
+    gone = sum(1 for key in p.kept if not os.path.lexists(key))
+    text = f"{rows_and_files(tally.ok + tally.errors, gone)}: {tally.ok} ok"
+    text += f", {tally.errors} error(s)" if tally.errors else ""
+    if p.rule is not None:
+        text += f", {tally.anomalous} {p.rule.describe()}"
+    return text + (f", {tally.pending} left for the next run" if tally.pending else "")
+
+
+def _execute(p: Plan, reporter: Reporter, tally: Tally, model: WinClip | None) -> ExitCode:
     opts, resumed = p.opts, p.resume
-    tally = Tally(pending=len(resumed.pending))
     for row in p.kept.values():
         tally.add(row.get("status", ""), row.get("label", ""))
     _tell_resume(p, reporter)
@@ -58,7 +77,9 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
     if p.done and not p.todo and opts.save_bank is None:  # nothing left: no model needed
         if resumed.manifest is not None and resumed.recorded_weights is not None:
             resumed.manifest.weights = resumed.recorded_weights  # new identities, same run
+            resumed.manifest.context = run_context_of(p)
             resumed.manifest.write(p.rows_file.path)  # type: ignore[union-attr]
+        reporter.info(f"nothing new to score; {run_counts(p, tally)}")
         return tally.exit_code(opts.fail_on_anomaly)
     if not p.todo and not p.done and opts.save_bank is None:  # every input still settling
         return tally.exit_code(opts.fail_on_anomaly)
@@ -70,6 +91,7 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
                     weights = scorer.model.backbone.weights_id
                     refuse_other_weights(p.rows_file.path, resumed.recorded_weights, weights)
                     resumed.manifest.weights = weights
+                    resumed.manifest.context = run_context_of(p)
                     with section():
                         resumed.manifest.write(p.rows_file.path)
                 engine = build_engine(p.engine, scorer, reporter.warn)
@@ -207,13 +229,8 @@ def _score(p: Plan, engine: Engine, sink: RowSink, reporter: Reporter) -> None:
             sink.add(image, result)
         sink.flush(block=True)
     elapsed = time.perf_counter() - started
-    count, tally = len(p.todo), sink.tally
+    count = len(p.todo)
     summary = f"{count} image(s) in {elapsed:.1f} s ({count / elapsed:.2f} img/s)"
     kept = len(p.kept)
-    summary += f"; with the {kept} resumed row(s): " if kept else ": "
-    summary += f"{tally.ok} ok"
-    summary += f", {tally.errors} error(s)" if tally.errors else ""
-    if p.rule is not None:
-        summary += f", {tally.anomalous} {p.rule.describe()}"
-    summary += f", {tally.pending} left for the next run" if tally.pending else ""
-    reporter.info(summary)
+    summary += f"; with the {kept} resumed row(s), " if kept else "; "
+    reporter.info(summary + run_counts(p, sink.tally))

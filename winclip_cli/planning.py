@@ -8,12 +8,15 @@ with --resume, cuts a torn last row off it. The Plan holds that file until it is
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .backbone import fetch_pretrained
 from .bank import ReferenceBank
 from .checks import (
     check_bank_grid,
@@ -26,7 +29,7 @@ from .checks import (
 from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
 from .engines import EngineSpec
-from .errors import UsageError
+from .errors import UsageError, WeightsUnavailableError
 from .manifest import manifest_path
 from .options import (
     DEFAULT_K,
@@ -36,11 +39,19 @@ from .options import (
     default_workers,
 )
 from .outputs import OverlayStyle, output_name
-from .paths import check_out_dir, check_writable_file, is_within, refuse_overwriting
+from .paths import (
+    check_out_dir,
+    check_rows_file,
+    check_writable_file,
+    is_within,
+    refuse_overwriting,
+)
 from .prompts import PromptSet
+from .provenance import PROVENANCE_KEY, model_from_record
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
 from .rows import RowsFile, columns
+from .rows_lock import LockWait
 from .settings import RunFacts, apply_to_options, load_for_run, run_settings
 from .shards import parse_shard, shard_of
 from .tiling import TileGrid
@@ -198,7 +209,7 @@ def _find_inputs(opts: RunOptions) -> list[InputImage]:
     if not inside:  # score makes no overlays: then a folder named as input is read
         exclude.append(opts.out_dir)
     try:
-        images = find_images(opts.inputs, exclude=exclude)
+        images = find_images(opts.inputs, exclude=exclude, missing_ok=opts.listed)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     if not images:
@@ -266,13 +277,35 @@ def engine_spec(
     )
 
 
-def plan(opts: RunOptions) -> Plan:
-    """Validate everything that can be validated without the model (exit 2 on failure)."""
+def cached_weights(model: str, tag: str) -> Path | None:
+    """The local cache's file of an open_clip tag; None when it is not there (nothing is
+    downloaded: a file's recorded model never starts a download)."""
+    try:
+        return fetch_pretrained(model, tag, allow_download=False)
+    except WeightsUnavailableError:
+        return None
+
+
+def model_of_file(opts: RunOptions, record: object, what: str) -> RunOptions:
+    """The run's options with the model a calibration or bank file recorded, when the
+    user chose none (provenance.model_from_record; UsageError naming what it needs)."""
+    model = model_from_record(opts.model, opts.given, record, what, cached_weights)
+    return opts if model is opts.model else dataclasses.replace(opts, model=model)
+
+
+def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
+    """Validate everything that can be validated without the model (exit 2 on failure).
+    ``say``: where a message goes while the run waits for its -o file (--wait)."""
     check_numbers(opts)
-    prompts = check_model_options(opts.model)
     cal = None
     if opts.calibration is not None:
         cal = load_for_run(opts.calibration)
+        opts = model_of_file(opts, cal.model_record, f"--calibration {opts.calibration}")
+    elif opts.ref is not None and opts.ref.is_file():
+        record = read_bank_file(opts.ref).meta.get(PROVENANCE_KEY)
+        opts = model_of_file(opts, record, f"--ref {opts.ref}")
+    prompts = check_model_options(opts.model)
+    if cal is not None:
         opts, prompts = apply_to_options(opts, cal)
     refs = plan_references(opts)
     if cal is not None:
@@ -308,8 +341,9 @@ def plan(opts: RunOptions) -> Plan:
     if opts.output is None or opts.to_stdout:
         return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal)
     output = Path(opts.output)
-    check_writable_file(output)
-    rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
+    check_rows_file(output)
+    # Held from here: resume reads what no one else writes. Its folder is made if new.
+    rows_file = RowsFile(output, LockWait(opts.wait, say))
     try:
         ref_images = [im.path for im in refs.images]
         facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal)

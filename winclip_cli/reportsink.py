@@ -13,6 +13,7 @@ from .htmlreport import render_report
 from .options import LOCAL_DIR, RunOptions
 from .planning import Plan
 from .progress import Reporter
+from .report_context import run_context
 from .resume import resume_key
 
 
@@ -35,6 +36,14 @@ def run_info(p: Plan) -> dict[str, str]:
         info["calibration"] = f"{opts.calibration} (n = {p.calibration.n})"
         info["false-alarm rate"] = f"{p.rule.alpha:g}: anomalous above {p.rule.threshold:.6f}"
     return info
+
+
+def run_context_of(p: Plan) -> dict[str, Any]:
+    """What the run's manifest keeps for a report made later (report_context): the
+    header, the threshold and the calibration's scores, as --report shows them."""
+    cal = p.calibration
+    scores = None if cal is None else [float(s) for s in cal.scores]
+    return run_context(run_info(p), None if p.rule is None else p.rule.threshold, scores)
 
 
 def _weights(opts: RunOptions) -> str:

@@ -114,6 +114,12 @@ def _sort_out(
             if manifest is not None and key in known:
                 manifest.inputs[key] = known[key]
             continue
+        if key in done and done[key].get("status") == "ok" and not os.path.lexists(key):
+            # Deleted since its row was written (a camera folder archives old photos):
+            # the row stays, as it would for a file no longer given.
+            if manifest is not None and key in known:
+                manifest.inputs[key] = known[key]
+            continue
         if key in done and not resumed.legacy:
             same, now = still_the_same(known.get(key), image.path)
             error = done[key].get("status") == "error" and opts.retry_errors

@@ -195,7 +195,7 @@ def check(opts: RunOptions) -> None:
 @contextmanager
 def session(spec: EngineSpec) -> Iterator[None]:
     """Connected to the cluster (before the model loads: an unreachable one fails fast)."""
-    with ray_session(spec.ray.address):
+    with ray_session(spec.ray.address, spec.ray.verbose):
         yield
 
 
