@@ -411,7 +411,8 @@ USAGE_CASES = {  # "{tmp}" is the test's tmp_path, with empty/ and texts/ (no im
     "segment k > refs": ["segment", PARTS, "--ref", GOOD, "--k", "5"],
     "k 0": ["score", PARTS, "--ref", GOOD, "--k", "0"],
     "missing ref": ["fewshot", PARTS, "--ref", "{tmp}/no-such-ref"],
-    "output folder missing": ["score", PARTS, "-o", "{tmp}/nowhere/rows.csv"],
+    # A missing folder is made (as --out's is); one under a file cannot be.
+    "output folder under a file": ["score", PARTS, "-o", "{tmp}/texts/b.jpg.bak/x/rows.csv"],
 }
 
 
