@@ -15,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
@@ -170,6 +170,8 @@ class Calibration:
     ``settings``: the run settings' fingerprint (plain JSON values); ``scores``: the n
     image scores; ``map_maxima``: the n grid-map maxima when the run made maps;
     ``bank``: the few-shot reference bank; ``images``: the calibration images' paths;
+    ``lineage``: how the file came to be, oldest first (each `review apply`: the old
+    file's fingerprint, the verdict files' hashes, the images added and how).
     ``model_record``: the model it was made with (provenance.ModelRecord as JSON), so a
     run that names no model uses that one.
     """
@@ -179,10 +181,14 @@ class Calibration:
     map_maxima: np.ndarray | None
     bank: ReferenceBank | None
     images: list[str]
+    lineage: list[dict[str, Any]] = field(default_factory=list)
     model_record: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.settings = _plain_json(self.settings)
+        self.lineage = _plain_json({"lineage": self.lineage}, "lineage")["lineage"]
+        if not isinstance(self.lineage, list) or not all(isinstance(e, dict) for e in self.lineage):
+            raise CalibrationError("the lineage must be a list of records")
         self.scores = _as_scores(self.scores, "calibration scores")
         if self.map_maxima is not None:
             self.map_maxima = _as_scores(self.map_maxima, "calibration map maxima")
@@ -240,8 +246,11 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
         ),
         "bank": None if cal.bank is None else bank_payload(cal.bank),
         "images": list(cal.images),
-        "model": None if cal.model_record is None else json.dumps(cal.model_record),
     }
+    if cal.lineage:  # files without one stay byte-identical to those made before
+        payload["lineage"] = json.dumps(cal.lineage, allow_nan=False)
+    if cal.model_record is not None:  # the model it was made with (provenance)
+        payload["model"] = json.dumps(cal.model_record)
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
@@ -282,6 +291,7 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         images = payload["images"]
         if not isinstance(images, list):
             raise CalibrationError(f"{where}: damaged calibration file (images)")
+        lineage = json.loads(payload.get("lineage", "[]"))
         record = payload.get("model")  # absent from files made before it was recorded
         model_record = json.loads(record) if isinstance(record, str) else None
     except (KeyError, TypeError, ValueError) as exc:
@@ -289,7 +299,7 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
             raise
         raise CalibrationError(f"{where}: damaged calibration file") from exc
     try:
-        return Calibration(settings, scores, maxima, bank, images, model_record)
+        return Calibration(settings, scores, maxima, bank, images, lineage, model_record)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

@@ -8,7 +8,6 @@ The commands are imported when they run, not here: they pull in torch, and `--he
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
 import inspect
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -58,9 +57,11 @@ from .cli_options import (
     WorkersOpt,
     command_settings,
     model_options,
+    reserve_standard_streams,
     run_options,
     typed,
 )
+from .cli_review import review_app
 from .cli_run_options import (
     SCORING_HELP,
     CalibrationOpt,
@@ -118,9 +119,9 @@ app = typer.Typer(
     help="Zero- and few-shot visual anomaly detection (WinCLIP) for folders of images.\n\n"
     "Rows go to stdout (or -o FILE); progress and messages go to stderr.\n\n"
     "Exit codes: 0 every input scored; 1 --fail-on-anomaly and an anomaly; 2 usage error; "
-    "3 some inputs unreadable (error rows); 4 model or weights not loaded; 75 --resume left "
-    "files still being written for the next run; 70 internal error; 130/143 interrupted; "
-    "141 stdout closed.",
+    "3 some inputs unreadable (error rows); 4 model or weights not loaded; 75 try again "
+    "later (files still being written, or another run holds the -o file); 70 internal "
+    "error; 130/143 interrupted; 141 stdout closed.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -134,17 +135,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _reserve_standard_streams() -> None:
-    """Put /dev/null on a closed stdin, stdout or stderr (`2>&-` in a cron line): else
-    the next file opened takes that number, and messages or a worker's output meant for
-    the terminal would land in it (the rows file, an overlay)."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
-
-
 @app.callback()
 def main(
     version: Annotated[
@@ -153,7 +143,7 @@ def main(
     ] = False,
 ) -> None:
     """Zero- and few-shot visual anomaly detection (WinCLIP) for folders of images."""
-    _reserve_standard_streams()
+    reserve_standard_streams()
 
 
 def _run(
@@ -383,6 +373,9 @@ def report_command(
     from .commands.report import report_command as report
 
     _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose, ctx)
+
+
+app.add_typer(review_app(_run, typed), name="review")
 
 
 @app.command()

@@ -4,6 +4,7 @@ parameter line in each command that takes it.
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -226,3 +227,15 @@ def command_settings(ctx: typer.Context) -> str:
         name = "" if param.param_type_name == "argument" else max(param.opts, key=len)
         pairs.append((name, [str(v) for v in value] if isinstance(value, list) else value))
     return settings_line(pairs)
+
+
+def reserve_standard_streams() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr (`2>&-` in a cron line): else
+    the next file opened takes that number, and messages or a worker's output meant for
+    the terminal would land in it (the rows file, an overlay). A closed stdin is then
+    no list of paths (pathlists)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one

@@ -51,7 +51,9 @@ def run_calibrate(
     settings = fingerprint(scorer.model, opts.class_name, scorer.bank, p.grid)
     backbone = scorer.model.backbone
     record = record_of(backbone.model_name, backbone.pretrained, backbone.checkpoint)
-    cal = Calibration(settings, np.asarray(scores), np.asarray(maxima), scorer.bank, names, record)
+    cal = Calibration(
+        settings, np.asarray(scores), np.asarray(maxima), scorer.bank, names, model_record=record
+    )
     save_calibration(cal, opts.output)
     reporter.info(f"calibration written to {opts.output}; {supported_rates(cal.n)}")
     return ExitCode.OK
