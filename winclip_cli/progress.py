@@ -84,6 +84,7 @@ class Reporter:
             # cron runs in one log are told apart.
             self.stream.stamp = _stamper(run)
         self._began = time.perf_counter()
+        self._begun = False  # a first line was written: finish writes the last
         self._progress: Any = None
         self._task: Any = None
         self._log: _LogProgress | None = None
@@ -99,6 +100,7 @@ class Reporter:
         """A log's first line: the version, the command and its settings, the run id."""
         self._began = time.perf_counter()
         if self.logging and self.run is not None:
+            self._begun = True
             run = self.run
             self.info(
                 f"winclip {version} {command} {settings} (run {run.run_id}, pid {run.pid} "
@@ -106,8 +108,9 @@ class Reporter:
             )
 
     def finish(self, code: int) -> None:
-        """A log's last line: the run's counts (``counts``), the time taken, the exit code."""
-        if self.logging and self.run is not None:
+        """A log's last line: the run's counts (``counts``), the time taken, the exit code
+        (after a first line only: a log's runs are framed whole)."""
+        if self._begun:
             took = time.perf_counter() - self._began
             counts = f"{self.counts}; " if self.counts else ""
             self.info(f"finished: {counts}{took:.1f} s; exit {code}")
