@@ -108,3 +108,11 @@ class FileBusyError(WinclipError):
     a usage error but "try again later" (exit 75), which a cron recipe skips quietly."""
 
     exit_code = ExitCode.PENDING
+
+
+class PoolFileError(WinclipError, ValueError):
+    """A mutual-scoring pool file that is unreadable or damaged."""
+
+
+class PoolMismatchError(WinclipError, ValueError):
+    """A mutual-scoring pool made with another model, weights, precision or input size."""

@@ -8,7 +8,6 @@ with --resume, cuts a torn last row off it. The Plan holds that file until it is
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,12 +15,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .backbone import fetch_pretrained
 from .bank import ReferenceBank
 from .checks import (
     check_bank_grid,
     check_model_options,
     check_numbers,
+    model_of_file,
     prompt_file,
     read_bank_file,
     tile_grid,
@@ -29,7 +28,7 @@ from .checks import (
 from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
 from .engines import EngineSpec
-from .errors import UsageError, WeightsUnavailableError
+from .errors import UsageError
 from .manifest import manifest_path
 from .options import (
     DEFAULT_K,
@@ -46,8 +45,9 @@ from .paths import (
     is_within,
     refuse_overwriting,
 )
+from .pool_source import PoolSource, check_calibration_pool, outside_pool, plan_pool
 from .prompts import PromptSet
-from .provenance import PROVENANCE_KEY, model_from_record
+from .provenance import PROVENANCE_KEY
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
 from .rows import RowsFile, columns
@@ -123,6 +123,7 @@ class Plan:
     engine: EngineSpec  # the engine and its settings: tile grid, workers, batch size
     calibration: Calibration | None = None  # --calibration: its settings apply
     resume: Resumed = field(default_factory=lambda: Resumed())
+    pool: PoolSource = field(default_factory=PoolSource)  # --pool: mutual scoring's pool
 
     @property
     def grid(self) -> TileGrid:
@@ -227,6 +228,7 @@ def _check_not_clobbering(
         ("-o", output),
         ("--save-bank", opts.save_bank),
         ("--report", opts.report),
+        ("--save-pool", opts.save_pool),
     ]
     named = [(option, os.path.abspath(t)) for option, t in targets if t is not None]
     for i, (option, name) in enumerate(named):
@@ -234,7 +236,7 @@ def _check_not_clobbering(
             raise UsageError(f"{same} and {option} name the same file")
     m = opts.model
     files = [x.path for x in (*images, *refs)]
-    files += [p for p in (opts.ref, m.weights, prompt_file(m)) if p is not None]
+    files += [p for p in (opts.ref, opts.pool, m.weights, prompt_file(m)) if p is not None]
     folders = [Path(m.model[len(LOCAL_DIR) :])] if m.model.startswith(LOCAL_DIR) else []
     for option, target in targets:
         refuse_overwriting(option, target, files, folders)
@@ -274,39 +276,25 @@ def engine_spec(
         maps_only_anomalous=opts.maps_mode == "anomalous",
         rule=rule,
         ray=opts.ray,
+        mutual_set=opts.mutual_set if opts.mutual else None,
     )
-
-
-def cached_weights(model: str, tag: str) -> Path | None:
-    """The local cache's file of an open_clip tag; None when it is not there (nothing is
-    downloaded: a file's recorded model never starts a download)."""
-    try:
-        return fetch_pretrained(model, tag, allow_download=False)
-    except WeightsUnavailableError:
-        return None
-
-
-def model_of_file(opts: RunOptions, record: object, what: str) -> RunOptions:
-    """The run's options with the model a calibration or bank file recorded, when the
-    user chose none (provenance.model_from_record; UsageError naming what it needs)."""
-    model = model_from_record(opts.model, opts.given, record, what, cached_weights)
-    return opts if model is opts.model else dataclasses.replace(opts, model=model)
 
 
 def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
     """Validate everything that can be validated without the model (exit 2 on failure).
     ``say``: where a message goes while the run waits for its -o file (--wait)."""
     check_numbers(opts)
-    cal = None
-    if opts.calibration is not None:
-        cal = load_for_run(opts.calibration)
-        opts = model_of_file(opts, cal.model_record, f"--calibration {opts.calibration}")
+    cal, source = None, opts.calibration
+    if source is not None:  # its model, unless the user chose one (never a download)
+        cal = load_for_run(source)
+        opts = model_of_file(opts, cal.model_record, f"--calibration {source}")
     elif opts.ref is not None and opts.ref.is_file():
         record = read_bank_file(opts.ref).meta.get(PROVENANCE_KEY)
         opts = model_of_file(opts, record, f"--ref {opts.ref}")
     prompts = check_model_options(opts.model)
-    if cal is not None:
+    if cal is not None and source is not None:
         opts, prompts = apply_to_options(opts, cal)
+        check_calibration_pool(cal.settings.get("pool"), opts.pool, source)
     refs = plan_references(opts)
     if cal is not None:
         refs.source, refs.bank = opts.calibration, cal.bank
@@ -320,6 +308,7 @@ def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
         check_writable_file(opts.report)
     if opts.maps:
         check_out_dir(opts.out_dir)
+    pool = plan_pool(opts.pool, opts.save_pool, tile_grid(opts.tiles, opts.tile_overlap))
     images = _find_inputs(opts)
     if opts.shard is not None:  # after the walk and sort: the same cut in every job
         images = shard_of(images, *parse_shard(opts.shard))
@@ -339,19 +328,20 @@ def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
     )
     spec = engine_spec(opts, prompts, rule)
     if opts.output is None or opts.to_stdout:
-        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal)
+        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal, pool=pool)
     output = Path(opts.output)
     check_rows_file(output)
     # Held from here: resume reads what no one else writes. Its folder is made if new.
     rows_file = RowsFile(output, LockWait(opts.wait, say))
     try:
         ref_images = [im.path for im in refs.images]
-        facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal)
+        facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal, pool.identity())
         done, todo, resumed = prepare(opts, images, cols, rule, run_settings(facts), rows_file)
     except BaseException:
         rows_file.release()
         raise
-    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    args = (opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    return Plan(*args, pool=pool)
 
 
 def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
@@ -370,21 +360,28 @@ def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
         output=str(opts.output),
         tiles=opts.tiles,
         tile_overlap=opts.tile_overlap,
+        pool=opts.pool,
+        save_pool=opts.save_pool,
         model=opts.model,
     )
     check_numbers(run)
     prompts = check_model_options(run.model)
     refs = plan_references(run)
     check_writable_file(opts.output)
+    pool = plan_pool(opts.pool, opts.save_pool, tile_grid(opts.tiles, opts.tile_overlap))
     try:
         found = find_images(opts.inputs)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     protected = [im.path for im in (*found, *refs.images)]
-    protected += [p for p in (opts.ref, opts.model.weights, prompt_file(opts.model)) if p]
-    refuse_overwriting("-o", opts.output, protected)
+    read = (opts.ref, opts.pool, opts.model.weights, prompt_file(opts.model))
+    protected += [p for p in read if p is not None]
+    for option, target in (("-o", opts.output), ("--save-pool", opts.save_pool)):
+        refuse_overwriting(option, target, protected)
     images, left_out = calibration_images(found, refs.images)
+    images, in_pool = outside_pool(images, pool)
     if not images:
-        raise UsageError("no known-good images left to calibrate on (all are references?)")
+        raise UsageError("no known-good images left to calibrate on (all references or pool?)")
     spec = engine_spec(run, prompts)
-    return Plan(run, images, images, {}, prompts, refs, [], None, None, spec), left_out
+    calibrating = Plan(run, images, images, {}, prompts, refs, [], None, None, spec, pool=pool)
+    return calibrating, left_out + in_pool

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TextIO
 
 from ..calibration import Calibration, load_calibration
+from ..checks import cached_weights
 from ..errors import ExitCode, UsageError
 from ..manifest import digest_of, read_manifest
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_FALSE_ALARM_RATE, ModelOptions, default_workers
-from ..planning import cached_weights
 from ..progress import Reporter
 from ..provenance import model_from_record
 from ..review_apply import INTO, ApplyRequest, apply_verdicts
