@@ -13,12 +13,14 @@ from .bank import ReferenceBank, load_bank
 from .engines.registry import check_engine
 from .errors import BankFileError, PromptFileError, UsageError, WeightsUnavailableError
 from .options import (
+    LOCAL_DIR,
     MAP_DTYPES,
     MAP_MODES,
     OVERLAY_FORMATS,
     ModelOptions,
     RunOptions,
 )
+from .overlaps import FileUse
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .provenance import model_from_record
 from .rows import FORMATS
@@ -47,6 +49,17 @@ def prompt_file(model: ModelOptions) -> Path | None:
     if model.prompts is None or str(model.prompts) in PRESETS:
         return None
     return Path(model.prompts)
+
+
+def model_files(model: ModelOptions) -> list[FileUse]:
+    """What loading the model reads, for the overlap check (overlaps.refuse_overlaps):
+    the --weights file, the --prompts file, a local model's folder."""
+    files = [FileUse("the --weights file", model.weights)] if model.weights else []
+    if (prompts := prompt_file(model)) is not None:
+        files.append(FileUse("the --prompts file", prompts))
+    if model.model.startswith(LOCAL_DIR):
+        files.append(FileUse("the model folder", Path(model.model[len(LOCAL_DIR) :])))
+    return files
 
 
 def check_model_options(model: ModelOptions) -> PromptSet:
@@ -134,6 +147,8 @@ def check_numbers(opts: RunOptions) -> None:
         raise UsageError("--no-header and --resume: a file to resume keeps its header")
     if not (math.isfinite(opts.wait) and opts.wait >= 0):
         raise UsageError("--wait must be 0 (exit 75 at once) or more seconds")
+    if opts.rebuild_manifest and not opts.resume:
+        raise UsageError("--rebuild-manifest goes with --resume (it repairs the run to resume)")
     if opts.to_stdout and sys.stdout is None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
     _check_scale_out(opts)
