@@ -20,7 +20,7 @@ from winclip_cli.decision import WHOLE_IMAGE, is_whole_image
 from winclip_cli.errors import ClusterError, ExitCode, FileBusyError, WinclipError
 from winclip_cli.outputs import CONTOUR_COLOUR, Caption, write_image_outputs
 from winclip_cli.progress import Reporter, _LogProgress, _Rate
-from winclip_cli.rows import RowsFile
+from winclip_cli.rows_file import RowsFile
 from winclip_cli.rows_lock import LockWait, holder_path, read_holder
 from winclip_cli.runinfo import RunInfo, current_run, start_run
 
