@@ -27,6 +27,7 @@ import torch
 from .atomic import atomic_write
 from .cache import BANK_FORMAT, ReferenceBank, bank_from_payload, bank_payload
 from .errors import BankFileError, CalibrationError
+from .hardware import RESOLVED, UNRECORDED, mismatch
 
 CALIBRATION_FORMAT = "winclip-calibration"
 CALIBRATION_VERSION = 1
@@ -169,7 +170,8 @@ class Calibration:
 
     ``settings``: the run settings' fingerprint (plain JSON values); ``scores``: the n
     image scores; ``map_maxima``: the n grid-map maxima when the run made maps;
-    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths.
+    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths;
+    ``precision``: what the scores were computed in (resolved: fp32, bf16, fp16, int8).
     """
 
     settings: dict[str, Any]
@@ -177,8 +179,14 @@ class Calibration:
     map_maxima: np.ndarray | None
     bank: ReferenceBank | None
     images: list[str]
+    precision: str = UNRECORDED
 
     def __post_init__(self) -> None:
+        if self.precision not in RESOLVED:  # "auto" too: a file records what was used
+            raise CalibrationError(
+                f"calibration precision must be one of {', '.join(RESOLVED)}, "
+                f"got {self.precision!r}"
+            )
         self.settings = _plain_json(self.settings)
         self.scores = _as_scores(self.scores, "calibration scores")
         if self.map_maxima is not None:
@@ -214,6 +222,13 @@ class Calibration:
         """p-values of new image scores against this calibration."""
         return p_values(scores, self.scores)
 
+    def check_precision(self, run_precision: str, source: str) -> None:
+        """Refuse a run at another precision than the scores were made at (exit 2, naming
+        --precision and the precision the file needs)."""
+        refused = mismatch(self.precision, run_precision, f"calibration {source}")
+        if refused:
+            raise CalibrationError(refused)
+
 
 def _bank_from_payload(payload: Any, where: str) -> ReferenceBank:
     try:
@@ -237,6 +252,7 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
         ),
         "bank": None if cal.bank is None else bank_payload(cal.bank),
         "images": list(cal.images),
+        "precision": cal.precision,
     }
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
@@ -278,12 +294,14 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         images = payload["images"]
         if not isinstance(images, list):
             raise CalibrationError(f"{where}: damaged calibration file (images)")
+        # Files from before the precision was recorded were made at the CLI's fp32 default.
+        precision = payload.get("precision", UNRECORDED)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CalibrationError):
             raise
         raise CalibrationError(f"{where}: damaged calibration file") from exc
     try:
-        return Calibration(settings, scores, maxima, bank, images)
+        return Calibration(settings, scores, maxima, bank, images, precision)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

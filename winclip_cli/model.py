@@ -17,6 +17,7 @@ from .backbone import Backbone, load_backbone
 from .cache import ReferenceBank, TextEmbeddingCache
 from .encoder import Features, WindowEncoder
 from .errors import BankMismatchError, WeightsUnavailableError
+from .hardware import mismatch, recorded
 from .imaging import Preprocessor
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_SCALES, ModelOptions
 from .prompts import PromptSet, clean_class_name
@@ -79,7 +80,17 @@ class WinClip:
         self.text_source = ""  # how the last text_embeddings came: cached or encoded (logs)
         self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         # A bank checked against this model and moved to its device carries this mark.
-        self._bank_mark = f"{backbone.weights_id}:{self.scales}:{self.device}"
+        self._bank_mark = f"{backbone.weights_id}:{self.scales}:{self.device}:{self.precision}"
+
+    @property
+    def precision(self) -> str:
+        """What the vision tower computes in: fp32, bf16, fp16 or int8 (never auto)."""
+        return self.backbone.precision.name
+
+    @property
+    def precision_reason(self) -> str:
+        """Why that precision, for the 'model loaded' line (e.g. 'bf16: CPU has AMX')."""
+        return self.backbone.precision.reason
 
     @classmethod
     def load(
@@ -97,6 +108,9 @@ class WinClip:
     ) -> WinClip:
         """Load an open_clip model (tag, local ``weights`` file or ``local-dir:``) for scoring.
 
+        ``precision``: fp32 (the default, so a library call gives the same numbers on
+        every machine), bf16, fp16 (GPU), int8 (CPU) or auto (see precision.choose_auto).
+        Scores and maps come back as float32 whatever it is.
         Raises backbone.WeightsUnavailableError when the weights can't be had.
         """
         backbone = load_backbone(model, pretrained, weights, device, precision)
@@ -193,6 +207,8 @@ class WinClip:
             "grid_size": list(self.grid_size),
             "scales": list(self.scales),
             "num_images": int(num_images),
+            # Resolved (never auto): the features, and so the scores, depend on it.
+            "precision": self.precision,
         }
 
     def check_bank(self, bank: ReferenceBank) -> ReferenceBank:
@@ -211,6 +227,9 @@ class WinClip:
                 f"{bank.meta.get('model')!r}, weights {bank.meta.get('weights')!r}) than this "
                 f"model's ({mine['model']!r}, {mine['weights']!r}): rebuild it from the images"
             )
+        refused = mismatch(recorded(bank.meta), self.precision, "reference bank")
+        if refused:
+            raise BankMismatchError(refused)
         for field in ("input_size", "grid_size", "scales"):
             if bank.meta.get(field) != mine[field]:
                 raise BankMismatchError(
