@@ -176,7 +176,8 @@ def measure(args: argparse.Namespace, weights: Path, cache: Path) -> dict:
         r["load"].append(os.getloadavg()[0])
     del models
     if args.memory_images:
-        r["memory"] = {p: memory(weights, cache, p, args.memory_images) for p in args.precisions}
+        p = args.memory_precision
+        r["memory"] = {p: memory(weights, cache, p, args.memory_images)}
     if args.cold_start:
         r["cold"] = {p: cold_start(weights, cache, ("--precision", p)) for p in args.precisions}
     return r
@@ -241,6 +242,7 @@ def main() -> None:
     parser.add_argument("--pipeline-images", type=int, default=16, help="0 skips whole runs")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--memory-images", type=int, default=0, help="0 skips the RSS runs")
+    parser.add_argument("--memory-precision", default="bf16", help="of the RSS runs")
     parser.add_argument("--cold-start", action="store_true")
     parser.add_argument("--isa", choices=sorted(ISA_LIMITS), help="rerun held to this ISA")
     args = parser.parse_args()
