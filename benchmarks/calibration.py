@@ -31,10 +31,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     args = parser.parse_args()
 
-    from winclip_cli.calibrate import run_calibrate
+    from winclip_cli.commands.calibrate import run_calibrate
+    from winclip_cli.commands.run import run
     from winclip_cli.model import WinClip
     from winclip_cli.options import CalibrateOptions, ModelOptions, RunOptions
-    from winclip_cli.pipeline import run
     from winclip_cli.progress import Reporter
 
     work = Path(tempfile.mkdtemp(prefix="winclip-cal-bench-"))

@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true")
     args = parser.parse_args()
 
-    from winclip_cli.report import build_report
+    from winclip_cli.commands.report import build_report
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -79,8 +79,8 @@ def throughput(wc, text, batch_sizes: list[int], repeat: int) -> tuple[list[dict
 def pipeline_rates(wc, count: int, batch: int) -> dict[str, float]:
     """Seconds per image of whole runs from files on disk (decode, score, write rows and
     overlays) through the same pipeline as the CLI, model already loaded."""
+    from winclip_cli.commands.run import run
     from winclip_cli.options import RunOptions
-    from winclip_cli.pipeline import run
     from winclip_cli.progress import Reporter
 
     sources = sorted((ROOT / "sample_data" / "parts").rglob("*.jpg"))

@@ -75,8 +75,8 @@ def load_model(tiny: bool, folder: Path):
 
 def segment(wc, inputs: Path, out: Path, tiles: str, **extra) -> float:
     """Seconds per image of one whole `segment` run (decode, tiles, model, overlays)."""
+    from winclip_cli.commands.run import run
     from winclip_cli.options import RunOptions
-    from winclip_cli.pipeline import run
     from winclip_cli.progress import Reporter
 
     opts = RunOptions(

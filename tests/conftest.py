@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from tests.helpers import COUNT, WEIRD
 from tests.tiny_model import make_tiny_model
 
 # Tests must never reach the network.
@@ -29,3 +33,27 @@ def wc(tiny, cache_dir):
     from winclip_cli import WinClip
 
     return WinClip.load(model=tiny["name"], weights=tiny["weights"], cache_dir=cache_dir)
+
+
+@pytest.fixture()
+def model(tiny, cache_dir) -> list[str]:
+    """Options that select the tiny model (by folder, so subprocesses can load it too)."""
+    return ["--model", tiny["local_dir"], "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-resume"))["local_dir"])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("resume") / "parts"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(COUNT):
+        pixels = rng.integers(0, 256, (36 + i % 7, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"part{i:03d}.png")
+    (folder / "000_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # an error row, early
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / WEIRD)
+    return folder

@@ -12,13 +12,10 @@ import pytest
 import torch
 
 from tests.tiny_model import TINY_NAME, make_tiny_model
+from winclip_cli.bank import BankFileError, ReferenceBank, load_bank, save_bank
 from winclip_cli.cache import (
-    BankFileError,
-    ReferenceBank,
     TextEmbeddingCache,
     default_cache_dir,
-    load_bank,
-    save_bank,
 )
 from winclip_cli.model import BankMismatchError, WinClip
 from winclip_cli.prompts import PromptSet

@@ -14,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_cli import model, read_csv, run_runner  # noqa: F401 - `model` is a fixture
-from tests.test_evaluate import make_mvtec
+from tests.helpers import make_mvtec, read_csv, run_runner
 from tests.tiny_model import make_tiny_model
 from winclip_cli.calibration import load_calibration
 from winclip_cli.data import InputImage, find_images
@@ -37,7 +36,7 @@ def make_images(folder: Path, count: int, seed: int = 0, size: int = 48) -> list
     return paths
 
 
-def calibrate(args: list[object], model: list[str]):  # noqa: F811 - the fixture's value
+def calibrate(args: list[object], model: list[str]):
     return run_runner(["calibrate", *args, *model])
 
 
@@ -48,7 +47,7 @@ def good(tmp_path) -> Path:
 
 
 @pytest.fixture()
-def zero_cal(good, model, tmp_path) -> Path:  # noqa: F811
+def zero_cal(good, model, tmp_path) -> Path:
     out = tmp_path / "zero.cal"
     outcome = calibrate([good, "--class", "screw", "-o", out], model)
     assert outcome.code == 0, outcome.stderr
@@ -57,7 +56,7 @@ def zero_cal(good, model, tmp_path) -> Path:  # noqa: F811
 
 def test_calibrate_then_score_recomputes_every_p_value_and_label(
     zero_cal,
-    model,  # noqa: F811
+    model,
     tmp_path,
 ):
     cal = load_calibration(zero_cal)
@@ -91,7 +90,7 @@ def test_calibrate_then_score_recomputes_every_p_value_and_label(
     assert gate.code == (1 if any(r["label"] == "anomalous" for r in rows) else 0)
 
 
-def test_a_calibration_on_known_good_images_calls_itself_normal(zero_cal, good, model):  # noqa: F811
+def test_a_calibration_on_known_good_images_calls_itself_normal(zero_cal, good, model):
     outcome = run_runner(
         ["score", good, "--calibration", zero_cal, "--false-alarm-rate", "0.2", *model]
     )
@@ -101,7 +100,7 @@ def test_a_calibration_on_known_good_images_calls_itself_normal(zero_cal, good, 
     assert all(float(r["p_value"]) >= 1 / 25 - 1e-6 for r in rows)
 
 
-def test_too_few_images_calibrate_but_refuse_the_rate(model, tmp_path):  # noqa: F811
+def test_too_few_images_calibrate_but_refuse_the_rate(model, tmp_path):
     make_images(tmp_path / "few", 5)
     out = tmp_path / "few.cal"
     outcome = calibrate([tmp_path / "few", "-o", out], model)
@@ -116,7 +115,7 @@ def test_too_few_images_calibrate_but_refuse_the_rate(model, tmp_path):  # noqa:
     assert allowed.code == 0, allowed.stderr
 
 
-def test_broken_files_are_listed_and_skipped(model, tmp_path):  # noqa: F811
+def test_broken_files_are_listed_and_skipped(model, tmp_path):
     folder = tmp_path / "good"
     make_images(folder, 4)
     (folder / "broken.png").write_bytes(b"not a png")
@@ -133,7 +132,7 @@ def test_broken_files_are_listed_and_skipped(model, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("seed", [None, 3])
-def test_references_never_calibrate(seed, model, tmp_path):  # noqa: F811
+def test_references_never_calibrate(seed, model, tmp_path):
     folder = tmp_path / "good"
     make_images(folder, 10)
     candidates = find_images([folder])
@@ -185,7 +184,7 @@ def test_an_option_that_contradicts_the_calibration_is_refused(
     option,
     zero_cal,
     good,
-    model,  # noqa: F811
+    model,
     other_model,
     tmp_path,
 ):
@@ -200,20 +199,20 @@ def test_an_option_that_contradicts_the_calibration_is_refused(
     assert "Traceback" not in outcome.stderr
 
 
-def test_seed_and_k_contradict_a_calibration(zero_cal, good, model):  # noqa: F811
+def test_seed_and_k_contradict_a_calibration(zero_cal, good, model):
     for extra in (["--ref", good, "--seed", "1"], ["--ref", good, "--k", "3"]):
         outcome = run_runner(["score", good, "--calibration", zero_cal, *extra, *model])
         assert outcome.code == 2 and "contradicts" in outcome.stderr
 
 
-def test_a_damaged_calibration_exits_2(model, tmp_path, good):  # noqa: F811
+def test_a_damaged_calibration_exits_2(model, tmp_path, good):
     bad = tmp_path / "bad.cal"
     bad.write_bytes(b"garbage")
     outcome = run_runner(["score", good, "--calibration", bad, *model])
     assert outcome.code == 2 and "not a readable calibration file" in outcome.stderr
 
 
-def test_segment_with_a_calibration_writes_regions_and_masks(zero_cal, model, tmp_path):  # noqa: F811
+def test_segment_with_a_calibration_writes_regions_and_masks(zero_cal, model, tmp_path):
     tests = tmp_path / "tests"
     make_images(tests, 4, seed=9, size=64)
     out = tmp_path / "out"
@@ -281,7 +280,7 @@ def test_colour_scale_puts_the_threshold_at_its_mark():
 
 
 def test_maps_anomalous_computes_windows_only_for_anomalous_images(
-    model,  # noqa: F811
+    model,
     tmp_path,
     monkeypatch,
 ):
@@ -324,7 +323,7 @@ def test_maps_anomalous_computes_windows_only_for_anomalous_images(
         ([], "needs a decision"),
     ],
 )
-def test_maps_anomalous_refusals(extra, says, good, model, tmp_path):  # noqa: F811
+def test_maps_anomalous_refusals(extra, says, good, model, tmp_path):
     extra = [str(good) if e == "REF" else e for e in extra]
     tests = tmp_path / "t"
     make_images(tests, 2)
@@ -332,7 +331,7 @@ def test_maps_anomalous_refusals(extra, says, good, model, tmp_path):  # noqa: F
     assert outcome.code == 2 and says in outcome.stderr
 
 
-def test_resume_refuses_another_calibration_or_rate(zero_cal, model, tmp_path):  # noqa: F811
+def test_resume_refuses_another_calibration_or_rate(zero_cal, model, tmp_path):
     tests = tmp_path / "tests"
     make_images(tests, 6, seed=5)
     rows = tmp_path / "rows.csv"
@@ -359,7 +358,7 @@ def test_resume_refuses_another_calibration_or_rate(zero_cal, model, tmp_path): 
     assert refused.code == 2 and "another --calibration" in refused.stderr, refused.stderr
 
 
-def test_eval_calibrate_reports_far_and_tpr(model, tmp_path):  # noqa: F811
+def test_eval_calibrate_reports_far_and_tpr(model, tmp_path):
     root = make_mvtec(tmp_path / "mvtec", categories=("bottle",), train=6, good=3, bad=3)
     out = tmp_path / "r.json"
     args = ["eval", root, "--k", "0", "--k", "1", "--calibrate", "0.2", "--json", out, *model]
@@ -379,7 +378,7 @@ def test_eval_calibrate_reports_far_and_tpr(model, tmp_path):  # noqa: F811
 
 def test_the_report_of_a_calibrated_run_shows_the_calibration(
     zero_cal,
-    model,  # noqa: F811
+    model,
     tmp_path,
 ):
     tests = tmp_path / "tests"
@@ -392,7 +391,7 @@ def test_the_report_of_a_calibrated_run_shows_the_calibration(
     assert "false-alarm rate" in text and "n = 24" in text
 
 
-def test_a_tiled_calibration_records_its_grid_and_refuses_another(model, tmp_path):  # noqa: F811
+def test_a_tiled_calibration_records_its_grid_and_refuses_another(model, tmp_path):
     good = tmp_path / "good"
     make_images(good, 5, seed=21, size=96)
     cal = tmp_path / "tiled.cal"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from winclip_cli.cache import ReferenceBank, save_bank
+from winclip_cli.bank import ReferenceBank, save_bank
 from winclip_cli.calibration import (
     Calibration,
     CalibrationError,

@@ -10,8 +10,6 @@ CliRunner.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import re
@@ -20,25 +18,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from typer.testing import CliRunner
 
 import winclip_cli
-from tests.test_interrupt_resume import is_stage
-from winclip_cli.cli import app
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "sample_data"
-PARTS = SAMPLES / "parts"  # good/, local/, global/: 3 images each
-GOOD = SAMPLES / "good"  # 4 reference images
-SAMPLE = PARTS / "good" / "textile_0901.jpg"
-WINCLIP = Path(sys.executable).with_name("winclip")  # the console script of this venv
+from tests.helpers import (
+    GOOD,
+    PARTS,
+    SAMPLE,
+    WINCLIP,
+    Outcome,
+    Runner,
+    is_stage,
+    process_env,
+    read_csv,
+    run_process,
+    run_runner,
+)
 
 SCORE_COLS = ["path", "score", "status", "error"]
 SCORE_RE = re.compile(r"^\d\.\d{6}$")  # 6 decimals, enough to rank
@@ -61,76 +61,10 @@ def map_cols(label: bool = False, saved: bool = False) -> list[str]:
 # ----- running the command line ------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def run_runner(
-    args: Sequence[object], cwd: Path | None = None, env: dict[str, str] | None = None
-) -> Outcome:
-    """`winclip ARGS` in this process, through Typer's CliRunner."""
-    previous = os.getcwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(
-            app, [str(a) for a in args], env={"COLUMNS": "200", **(env or {})}
-        )
-    finally:
-        os.chdir(previous)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a crash inside the command, not an exit code
-    return Outcome(result.exit_code, result.stdout, result.stderr)
-
-
-def process_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "COLUMNS": "200", **(env or {})}
-
-
-def run_process(
-    args: Sequence[object],
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-) -> Outcome:
-    """`winclip ARGS` as a real process: the installed console script."""
-    proc = subprocess.run(
-        [str(WINCLIP), *(str(a) for a in args)],
-        cwd=cwd,
-        env=process_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr)
-
-
-Runner = Callable[..., Outcome]
-
-
 @pytest.fixture(params=["subprocess", "clirunner"])
 def cli(request) -> Runner:
     """The same test through the console script and through CliRunner."""
     return run_process if request.param == "subprocess" else run_runner
-
-
-@pytest.fixture()
-def model(tiny, cache_dir) -> list[str]:
-    """Options that select the tiny model (by folder, so subprocesses can load it too)."""
-    return ["--model", tiny["local_dir"], "--workers", "0"]
-
-
-def read_csv(text: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows; every row must have exactly the header's fields."""
-    records = list(csv.reader(io.StringIO(text, newline="")))
-    assert records, f"no CSV header in {text!r}"
-    header, body = records[0], records[1:]
-    for record in body:
-        assert len(record) == len(header), f"incomplete row {record} for {header}"
-    return header, [dict(zip(header, r, strict=True)) for r in body]
 
 
 def scores(rows: list[dict[str, str]]) -> list[float]:

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tests.test_evaluate import make_mvtec
+from tests.helpers import make_mvtec, make_visa
 from winclip_cli.cli import app
 
 runner = CliRunner()
@@ -113,7 +113,6 @@ def test_eval_json_to_stdout(tmp_path, tiny, cache_dir):
 
 
 def test_eval_json_may_not_replace_the_visa_split(tmp_path):
-    from tests.test_evaluate import make_visa
 
     root = make_visa(tmp_path / "visa")
     split = root / "split_csv" / "1cls.csv"

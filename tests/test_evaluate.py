@@ -14,69 +14,13 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from winclip_cli import evaluate
-from winclip_cli.evaluate import DatasetError, discover, load_mask, run_evaluation
+from tests.helpers import SIZE, make_mvtec, make_visa, save
+from winclip_cli.commands.eval_run import draw_references
+from winclip_cli.commands.evaluate import run_evaluation
+from winclip_cli.datasets import discover, load_mask
+from winclip_cli.errors import DatasetError
 from winclip_cli.metrics import METRIC_KEYS, image_metrics
 from winclip_cli.model import upsample
-
-SIZE = 40  # generated images are 40x40; the tiny model's input is 48x48
-
-
-def save(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
-def normal_image(rng: np.random.Generator) -> np.ndarray:
-    base = rng.integers(90, 130, size=(1, 1, 3))
-    return (base + rng.integers(0, 20, size=(SIZE, SIZE, 3))).astype(np.uint8)
-
-
-def defect_image(rng: np.random.Generator, mask_value: int = 255) -> tuple[np.ndarray, np.ndarray]:
-    """A normal image with a bright square, and its mask (``mask_value`` inside)."""
-    image = normal_image(rng)
-    y, x = rng.integers(2, SIZE - 14, 2)
-    image[y : y + 12, x : x + 12] = 250
-    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
-    mask[y : y + 12, x : x + 12] = mask_value
-    return image, mask
-
-
-def make_mvtec(root: Path, categories=("bottle", "metal_nut"), train=3, good=2, bad=2) -> Path:
-    rng = np.random.default_rng(0)
-    for cat in categories:
-        for i in range(train):
-            save(root / cat / "train" / "good" / f"{i:03d}.png", normal_image(rng))
-        for i in range(good):
-            save(root / cat / "test" / "good" / f"{i:03d}.png", normal_image(rng))
-        for i in range(bad):
-            image, mask = defect_image(rng)
-            save(root / cat / "test" / "crack" / f"{i:03d}.png", image)
-            save(root / cat / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
-    (root / "readme.txt").write_text("not a category")
-    return root
-
-
-def make_visa(root: Path, objects=("pcb1", "candle"), train=3, good=2, bad=2) -> Path:
-    rng = np.random.default_rng(1)
-    rows = [["object", "split", "label", "image", "mask"]]
-    for obj in objects:
-        for i in range(train + good):
-            rel = f"{obj}/Data/Images/Normal/{i:04d}.JPG"
-            save(root / rel, normal_image(rng))
-            rows.append([obj, "train" if i < train else "test", "normal", rel, ""])
-        for i in range(bad):
-            image, mask = defect_image(rng, mask_value=1)  # raw VisA masks are 0/1
-            rel, mrel = f"{obj}/Data/Images/Anomaly/{i:03d}.JPG", f"{obj}/Data/Masks/{i:03d}.png"
-            save(root / rel, image)
-            save(root / mrel, mask)
-            rows.append([obj, "test", "anomaly", rel, mrel])
-    (root / "split_csv").mkdir(parents=True)
-    with (root / "split_csv" / "1cls.csv").open("w", newline="") as fh:
-        csv.writer(fh).writerows(rows)
-    return root
-
 
 # ----- discovery ----------------------------------------------------------------------
 
@@ -226,13 +170,13 @@ def test_load_mask_nearest_and_binarised(tmp_path):
 
 def test_draw_references_is_seeded(tmp_path):
     [data] = discover(make_mvtec(tmp_path / "mvtec", categories=("bottle",), train=6))
-    first = evaluate.draw_references(data, 2, seed=0)
-    assert first == evaluate.draw_references(data, 2, seed=0)
+    first = draw_references(data, 2, seed=0)
+    assert first == draw_references(data, 2, seed=0)
     assert len(set(first)) == 2 and set(first) <= set(data.train_good)
-    draws = {tuple(evaluate.draw_references(data, 2, seed=s)) for s in range(5)}
+    draws = {tuple(draw_references(data, 2, seed=s)) for s in range(5)}
     assert len(draws) > 1
     with pytest.raises(DatasetError, match="7-shot needs 7 training normal images, found 6"):
-        evaluate.draw_references(data, 7, seed=0)
+        draw_references(data, 7, seed=0)
 
 
 # ----- end to end ---------------------------------------------------------------------
@@ -350,6 +294,6 @@ def test_fewshot_and_eval_pick_the_same_references(tmp_path):
         opts = RunOptions(inputs=[root / "bottle" / "test"], ref=good, k=3, seed=seed)
         with plan(opts) as checked:
             fewshot = [image.path for image in checked.references.images]
-        assert fewshot == evaluate.draw_references(data, 3, seed)
+        assert fewshot == draw_references(data, 3, seed)
         differs |= seed is not None and fewshot != sorted(data.train_good)[:3]
     assert differs  # the seed matters, so the comparison above means something

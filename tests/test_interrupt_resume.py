@@ -23,72 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tiny_model import make_tiny_model
+from tests.helpers import COUNT, WEIRD, command, count_rows, env_for, invoke, is_stage
 from winclip_cli.rows import Row, RowsFile, RowWriter, columns, read_finished_rows
 
 COLUMNS = ["path", "score", "map_max", "overlay", "status", "error"]
-COUNT = 120  # images: enough that a run is still going when the signal arrives
-WEIRD = 'zz, "quoted"\nname ü.png'  # last in sort order: a torn row would tear it
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-resume"))["local_dir"])
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("resume") / "parts"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(COUNT):
-        pixels = rng.integers(0, 256, (36 + i % 7, 48, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"part{i:03d}.png")
-    (folder / "000_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # an error row, early
-    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / WEIRD)
-    return folder
-
-
-def env_for(cache: Path) -> dict[str, str]:
-    return {**os.environ, "WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-
-
-# The tiny model scores hundreds of images a second: a loaded machine could finish the
-# run before the signal lands. This start-up makes each forward pass take as long as a
-# small real model's (and changes nothing else), so the run is still going.
-SLOW_START = (
-    "import time\n"
-    "import winclip_cli.model as m\n"
-    "predict = m.WinClip.predict\n"
-    "def slow(*args, **kwargs):\n"
-    "    time.sleep(0.02)\n"
-    "    return predict(*args, **kwargs)\n"
-    "m.WinClip.predict = slow\n"
-    "from winclip_cli.cli import app\n"
-    "app()\n"
-)
-
-
-def command(
-    dataset: Path, model: str, out: Path, rows: Path, fmt: str, slow: bool = False
-) -> list[str]:
-    start = ["-c", SLOW_START] if slow else ["-m", "winclip_cli"]
-    return [
-        sys.executable,
-        *start,
-        "segment",
-        str(dataset),
-        "--model",
-        model,
-        "--out",
-        str(out),
-        "-o",
-        str(rows),
-        "--format",
-        fmt,
-        "--batch-size",
-        "1",
-    ]
 
 
 def parse(path: Path, fmt: str) -> list[dict]:
@@ -114,15 +52,6 @@ def normalised(rows: list[dict], out: Path) -> set[tuple]:
         overlay = os.path.relpath(r["overlay"], out) if r["overlay"] else ""
         result.add((r["path"], score, map_max, overlay, r["status"], r["error"]))
     return result
-
-
-def count_rows(path: Path, fmt: str) -> int:
-    if not path.exists():
-        return 0
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    if fmt == "jsonl":
-        return text.count("\n")
-    return max(0, len(list(csv.reader(io.StringIO(text, newline="")))) - 1)
 
 
 @dataclass
@@ -289,31 +218,6 @@ def test_every_cut_through_the_last_row_is_repaired(tmp_path, fmt):
         repaired = parse(path, fmt)
         assert [r["path"] for r in repaired][-1] == f"/in/{WEIRD}", cut
         assert len(repaired) == len(kept) + 1, cut
-
-
-STAGES = ("model loaded: ", "text embeddings for ", "reference bank ", "scoring: ")
-
-
-def is_stage(line: str) -> bool:
-    """A stage line that a log (stderr not a terminal) gets before scoring."""
-    return line.startswith(STAGES)
-
-
-def invoke(args: list[str], cache: Path, settle: str | None = "0"):
-    """The CLI in this process (no interpreter start-up): exit code and stderr.
-
-    ``settle``: --settle for the run; "0" by default, since test images are seconds old
-    (None: the command's default)."""
-    from typer.testing import CliRunner
-
-    from winclip_cli.cli import app
-
-    env = {"WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-    extra = ["--settle", settle] if settle is not None else []
-    result = CliRunner().invoke(app, [*args, "--workers", "0", *extra], env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stderr
 
 
 def finished_file(reference: Reference, fmt: str, path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_interrupt_resume import env_for, invoke
+from tests.helpers import env_for, invoke
 from tests.tiny_model import make_tiny_model
 from winclip_cli.manifest import manifest_path
 

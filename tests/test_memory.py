@@ -1,6 +1,6 @@
 """Memory stays flat over a long run: what row 200 needs, row 50 needed already.
 
-200 images go through ``pipeline.run`` in this process (decoding too: workers=0), and
+200 images go through ``commands.run.run`` in this process (decoding too: workers=0), and
 the process is measured when row 50 and row 200 are written. Anything kept per image
 (decoded pictures, tensors, maps, futures, rows) would grow with the count; the bounds
 below are several times the noise and several times smaller than such a leak.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from winclip_cli import pipeline
+from winclip_cli.commands import run as run_command
 from winclip_cli.errors import ExitCode
 from winclip_cli.options import ModelOptions, RunOptions
 from winclip_cli.progress import Reporter
@@ -80,7 +80,7 @@ def test_memory_is_flat_over_a_long_run(many_images, tiny, cache_dir, tmp_path, 
     )
     tracemalloc.start()
     try:
-        code = pipeline.run(options, Reporter(quiet=True))
+        code = run_command.run(options, Reporter(quiet=True))
     finally:
         tracemalloc.stop()
     assert code == ExitCode.OK

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from winclip_cli.cache import atomic_write
+from winclip_cli.atomic import atomic_write
 from winclip_cli.outputs import (
     COLORMAP,
     colorize,

@@ -6,9 +6,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from winclip_cli.commands.run import run
 from winclip_cli.errors import ExitCode
 from winclip_cli.options import ModelOptions, RunOptions
-from winclip_cli.pipeline import run
 from winclip_cli.progress import Reporter
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data" / "parts" / "good"

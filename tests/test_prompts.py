@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.helpers import run_runner
 from winclip_cli.prompts import (
     ANOMALOUS_STATES,
     NORMAL_STATES,
@@ -229,8 +230,6 @@ def test_presets_by_name_and_files_by_path(tmp_path, monkeypatch):
 
 def test_clip_ac_preset_scores_differ_from_winclip(tiny, cache_dir, tmp_path):
     """`--prompts clip-ac` reaches the text side: other prompts, other scores."""
-    from tests.test_cli import run_runner
-
     image = tmp_path / "part.png"
     from PIL import Image
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import GOOD, PARTS, REPO, process_env, run_runner
-from tests.test_cli import model as model  # a fixture
+from tests.helpers import GOOD, PARTS, REPO, check_maps_anomalous, process_env, run_runner
 
 if os.environ.get("CI") == "true":  # CI installs the test extra, Ray included: never skip
     import ray
@@ -194,3 +193,9 @@ def test_a_tiled_segment_matches_local(ray_address, inputs, model, tmp_path):
     args = ["segment", inputs, *model, "--tiles", "2x2", "--batch-size", "5", "--save-maps"]
     local, remote = both(args, tmp_path)
     assert local == remote
+
+
+def test_maps_anomalous_on_ray_maps_exactly_as_maps_all(ray_address, model, tmp_path):
+    """--maps anomalous wraps the Ray engine (it was refused with Ray), tiled too."""
+    check_maps_anomalous([PARTS, *model, *RAY, "--batch-size", "3"], tmp_path / "whole")
+    check_maps_anomalous([PARTS, *model, *RAY, "--tiles", "2x2"], tmp_path / "tiled")

@@ -17,8 +17,9 @@ import html5lib
 import pytest
 from PIL import Image
 
+from winclip_cli.commands.report import build_report, read_rows
 from winclip_cli.errors import UsageError
-from winclip_cli.report import ReportSummary, build_report, read_rows, render_report
+from winclip_cli.htmlreport import ReportSummary, render_report
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data" / "parts" / "local" / "textile_0001.jpg"

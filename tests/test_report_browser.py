@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from winclip_cli.report import build_report
+from winclip_cli.commands.report import build_report
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = REPO / "sample_data" / "parts"
@@ -233,7 +233,7 @@ def test_large_table_pages_rows_and_sorts_them_all(tmp_path):
     _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
-    from winclip_cli.report import render_report
+    from winclip_cli.htmlreport import render_report
 
     rows = [
         {

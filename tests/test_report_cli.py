@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -10,14 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.test_cli import run_runner
-from tests.test_interrupt_resume import (
-    command,
-    count_rows,
-    dataset,  # noqa: F401 - a fixture
-    env_for,
-    model_dir,  # noqa: F401 - a fixture
-)
+from tests.helpers import command, count_rows, env_for, read_csv, run_runner
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 
@@ -69,7 +63,7 @@ def test_report_option_on_a_run(tiny, cache_dir, tmp_path):
     assert clash.code == 2 and "-o and --report name the same file" in clash.stderr
 
 
-def test_an_interrupted_run_still_writes_its_report(dataset, model_dir, tmp_path):  # noqa: F811
+def test_an_interrupted_run_still_writes_its_report(dataset, model_dir, tmp_path):
     rows, report = tmp_path / "rows.csv", tmp_path / "r.html"
     args = [*command(dataset, model_dir, tmp_path / "out", rows, "csv", slow=True)]
     args += ["--report", str(report)]
@@ -87,3 +81,33 @@ def test_an_interrupted_run_still_writes_its_report(dataset, model_dir, tmp_path
     assert "INCOMPLETE" in text
     written = count_rows(rows, "csv")
     assert text.count("<tr") - 1 >= written  # every finished row is in the table
+
+
+def _report_rows(text: str) -> list[str]:
+    """The paths in the report's table of every row (its first column after #), in order."""
+    table = text.split('<table id="rows">', 1)[1]
+    return [html.unescape(p) for p in re.findall(r"<tr><td>\d+<td>([^<\n]*)", table)]
+
+
+def test_the_report_of_a_resumed_run_has_exactly_the_rows_of_its_file(tiny, cache_dir, tmp_path):
+    """Resuming rescored an error row: the report held the old error row and the new one
+    (5 rows for a 4-row file, one image both an error and ok). It holds the file's rows."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(parts / f"p{i}.png")
+    broken = parts / "p3.png"
+    broken.write_bytes(b"not an image yet")
+    rows, report = tmp_path / "rows.csv", tmp_path / "r.html"
+    args = ["score", parts, "--model", tiny["local_dir"], "--workers", "0", "-o", rows]
+    assert run_runner([*args, "--settle", "0"]).code == 3  # the broken file's error row
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(broken)
+    outcome = run_runner([*args, "--resume", "--settle", "0", "--report", report])
+    assert outcome.code == 0, outcome.stderr
+    written = read_csv(rows.read_text())[1]
+    assert len(written) == 4 and all(r["status"] == "ok" for r in written)
+    text = report.read_text()
+    assert '<li data-count="rows"><strong>4</strong>' in text
+    assert '<li data-count="errors"><strong>0</strong>' in text
+    assert sorted(_report_rows(text)) == sorted(r["path"] for r in written)

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_cli import PARTS, run_runner
-from tests.test_cli import model as model  # a fixture
+from tests.helpers import PARTS, run_runner
 from winclip_cli.shards import parse_shard, shard_bounds, shard_of
 
 

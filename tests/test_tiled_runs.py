@@ -12,12 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_cli import GOOD, PARTS, read_csv, run_runner
-from tests.test_evaluate import make_mvtec
-from winclip_cli.cache import load_bank
+from tests.helpers import GOOD, PARTS, check_maps_anomalous, make_mvtec, read_csv, run_runner
+from winclip_cli.bank import load_bank
+from winclip_cli.commands.eval_run import eval_size
 from winclip_cli.engines import ImageResult
-from winclip_cli.engines.local import Scorer
-from winclip_cli.evaluate import eval_size
+from winclip_cli.engines.scorer import Scorer
 from winclip_cli.outputs import legend_scale, render_overlay
 from winclip_cli.tiling import TileGrid, stitch, tile_boxes
 
@@ -288,3 +287,10 @@ def test_overlay_writer_holds_one_full_size_float_map(tmp_path):
     np.testing.assert_allclose(
         np.load(saved), stitch(boxes, [m for _, m in tiles], (height, width)), atol=1e-6
     )
+
+
+def test_maps_anomalous_with_tiles_maps_exactly_as_maps_all(tmp_path, model):
+    """--maps anomalous wraps the tiled engine: the anomalous images' rows and overlays
+    are --maps all's, the others keep their scores (it was refused with tiles)."""
+    rows = check_maps_anomalous([PARTS, *model, "--tiles", "2x2", "--batch-size", "5"], tmp_path)
+    assert len(rows) == 9

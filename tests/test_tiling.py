@@ -22,7 +22,6 @@ from winclip_cli.tiling import (
     axis_tiles,
     combine_map_max,
     combine_scores,
-    crop_tiles,
     draft_scale,
     mostly_upsampled,
     stitch,
@@ -225,6 +224,11 @@ def test_known_3x3_boxes():
         (0, 900, 1600, 2100), (1200, 900, 2800, 2100), (2400, 900, 4000, 2100),
         (0, 1800, 1600, 3000), (1200, 1800, 2800, 3000), (2400, 1800, 4000, 3000),
     ]  # fmt: skip
+
+
+def crop_tiles(image: Image.Image, grid: TileGrid) -> list[Image.Image]:
+    """The grid's tiles cut from ``image`` by their boxes, row-major (what decoding does)."""
+    return [image.crop(box) for box in tile_boxes(image.width, image.height, grid)]
 
 
 def test_crop_tiles_are_the_pixels_of_the_boxes():

@@ -1,7 +1,7 @@
-"""On-disk text-embedding cache and reference-bank files.
+"""On-disk text-embedding cache.
 
-Both are written to a temporary name and renamed, so a reader never sees half a file,
-and both are checked on reading: a corrupt or mismatched entry is never trusted.
+Entries are written to a temporary name and renamed, so a reader never sees half a file,
+and checked on reading: a corrupt or mismatched entry is never trusted.
 """
 
 from __future__ import annotations
@@ -11,18 +11,14 @@ import json
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .atomic import atomic_write
-from .errors import BankFileError
 
 CACHE_ENV = "WINCLIP_CACHE_DIR"
-BANK_FORMAT = "winclip-reference-bank"
-BANK_VERSION = 1
 
 
 def default_cache_dir() -> Path:
@@ -72,78 +68,3 @@ class TextEmbeddingCache:
             atomic_write(self._path(key), lambda f: torch.save(entry, f))
         except OSError as exc:
             warnings.warn(f"text cache not written ({self.root}): {exc.strerror}", stacklevel=2)
-
-
-@dataclass
-class ReferenceBank:
-    """Features of K normal images: patch tokens and window embeddings, L2-normalised.
-
-    ``patch_tokens``: (K * num_patches, width); ``windows[k]``: (K * num_windows_k, dim).
-    ``meta`` records what the bank was built with, so a model it does not fit refuses it.
-    """
-
-    patch_tokens: torch.Tensor
-    windows: dict[int, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
-    # Set by WinClip.check_bank: which model checked it (a bank is validated once).
-    checked_for: str | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def num_images(self) -> int:
-        return int(self.meta.get("num_images", 0))
-
-    def to(self, device: torch.device | str) -> ReferenceBank:
-        return ReferenceBank(
-            self.patch_tokens.to(device),
-            {k: v.to(device) for k, v in self.windows.items()},
-            dict(self.meta),
-        )
-
-
-def bank_payload(bank: ReferenceBank) -> dict[str, Any]:
-    """The bank as plain tensors and strings (safe to torch.load): a bank file's content,
-    and the bank inside a calibration file."""
-    return {
-        "format": BANK_FORMAT,
-        "version": BANK_VERSION,
-        "meta": bank.meta,
-        "patch_tokens": bank.patch_tokens.detach().float().cpu(),
-        "windows": {str(k): v.detach().float().cpu() for k, v in bank.windows.items()},
-    }
-
-
-def bank_from_payload(payload: Any, where: str) -> ReferenceBank:
-    """The bank of a ``bank_payload``; BankFileError (naming ``where``) when it is not one."""
-    if not isinstance(payload, dict) or payload.get("format") != BANK_FORMAT:
-        raise BankFileError(f"{where} is not a winclip reference bank file")
-    if payload.get("version") != BANK_VERSION:
-        raise BankFileError(f"{where}: bank format version {payload.get('version')} unsupported")
-    try:
-        windows = {int(k): v for k, v in payload["windows"].items()}
-        bank = ReferenceBank(payload["patch_tokens"], windows, dict(payload["meta"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BankFileError(f"{where}: damaged reference bank file") from exc
-    tensors = [bank.patch_tokens, *bank.windows.values()]
-    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in tensors):
-        raise BankFileError(f"{where}: damaged reference bank file")
-    return bank
-
-
-def save_bank(bank: ReferenceBank, path: str | os.PathLike[str]) -> None:
-    """Write a bank file (a torch file of plain tensors and strings, safe to load)."""
-    payload = bank_payload(bank)
-    atomic_write(Path(path), lambda f: torch.save(payload, f))
-
-
-def load_bank(path: str | os.PathLike[str]) -> ReferenceBank:
-    """Read a bank file written by save_bank; raises BankFileError when it is not one."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickles before failing
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise BankFileError(f"reference bank {path} not found") from exc
-    except Exception as exc:
-        raise BankFileError(f"{path} is not a readable reference bank file") from exc
-    return bank_from_payload(payload, str(path))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .cache import BANK_FORMAT, ReferenceBank, bank_from_payload, bank_payload
+from .bank import BANK_FORMAT, ReferenceBank, bank_from_payload, bank_payload
 from .errors import BankFileError, CalibrationError
 from .hardware import RESOLVED, UNRECORDED, mismatch
 

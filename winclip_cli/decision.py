@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .calibration import Calibration, is_anomalous, p_value
 from .rows import SCORE_DECIMALS
 
 if TYPE_CHECKING:
@@ -56,18 +57,13 @@ class CalibratedRule:
     pixel_threshold: float | None = None  # m_(k) when the calibration has map maxima
 
     @classmethod
-    def from_calibration(cls, cal: object, alpha: float) -> CalibratedRule:
+    def from_calibration(cls, cal: Calibration, alpha: float) -> CalibratedRule:
         """The rule of a calibration at rate alpha; CalibrationError when n is too small."""
-        from .calibration import Calibration
-
-        assert isinstance(cal, Calibration)
         pixel = None if cal.map_maxima is None else cal.pixel_threshold(alpha)
         return cls(cal.scores, alpha, cal.threshold(alpha), pixel)
 
     def p_value(self, score: float | None) -> float | None:
         """p of the printed score; None for a row without a score."""
-        from .calibration import p_value
-
         return None if score is None else p_value(round(score, SCORE_DECIMALS), self.scores)
 
     def label(self, score: float | None) -> str:
@@ -75,7 +71,7 @@ class CalibratedRule:
         p = self.p_value(score)
         if p is None:
             return ""
-        return ANOMALOUS if p <= self.alpha else NORMAL
+        return ANOMALOUS if is_anomalous(p, self.alpha) else NORMAL
 
     def describe(self) -> str:
         return f"anomalous at false-alarm rate {self.alpha:g} (score above {self.threshold:.6f})"

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .atomic import atomic_write
 from .errors import UsageError
+from .version import __version__
 
 SUFFIX = ".manifest.json"
 FORMAT = "winclip-run-manifest"
@@ -34,16 +34,22 @@ def manifest_path(rows: Path) -> Path:
     return rows.with_name(rows.name + SUFFIX)
 
 
+def file_sha256(path: Path) -> str:
+    """The content hash of a file: the one place files are hashed (OSError when
+    unreadable)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_identity(path: Path) -> Identity:
     """Size, modification time and content hash of a file (OSError when unreadable)."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the run forever, a device never end
         raise OSError(f"{path} is not a regular file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
 
 
 def still_the_same(recorded: Identity | None, path: Path) -> tuple[bool, Identity | None]:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .backbone import Backbone, load_backbone
-from .cache import ReferenceBank, TextEmbeddingCache
+from .bank import ReferenceBank
+from .cache import TextEmbeddingCache
 from .encoder import Features, WindowEncoder
 from .errors import BankMismatchError, WeightsUnavailableError
 from .hardware import mismatch, recorded

@@ -17,7 +17,6 @@ DEFAULT_CLASS = "object"
 LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
 DEFAULT_SETTLE = 2.0  # seconds: with --resume, files modified more recently wait a run
-DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DEFAULT_PRECISION = "auto"  # the CLI's; the library (WinClip.load) keeps fp32
 PRECISION_HELP = (

@@ -10,6 +10,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write
+from .data import open_image
+from .scoring import upsample
+from .tiling import stitch
 
 if TYPE_CHECKING:
     import torch
@@ -297,13 +300,7 @@ def full_map(
     """The (H, W) float32 map at the image's size: the grid map upsampled, or the tiles'
     grid maps stitched (each upsampled to its tile only)."""
     if tiles:
-        from .tiling import MapStitcher
-
-        stitcher = MapStitcher(height, width)
-        for box, tile_map in tiles:
-            stitcher.add(box, tile_map)
-        return stitcher.result()
-    from .scoring import upsample
+        return stitch([box for box, _ in tiles], [m for _, m in tiles], (height, width))
 
     assert grid_map is not None
     return upsample(grid_map[None], (height, width))[0].numpy()
@@ -346,7 +343,6 @@ def write_image_outputs(
     mask) of one input, at the size it is shown. ``tiles``: a tiled image's boxes and
     grid maps (then ``grid_map`` is None). Holds one full-size float map and the decoded
     picture at a time."""
-    from .data import open_image
 
     style = style or OverlayStyle()
     picture = open_image(image.path)

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from .atomic import atomic_write
 from .errors import FileBusyError
+from .rows_salvage import csv_salvage, header_of, jsonl_salvage
 
 try:
     import fcntl
@@ -141,6 +142,10 @@ class RowFormat:
     header: Callable[[list[str]], str]  # text before the first row
     encode: Callable[[dict[str, Any]], str]  # one record, ending in a newline
     parse: Callable[[str, list[str], Path], list[dict[str, Any]]]  # finished rows
+    # Every readable row of any columns, as text; what is not readable becomes a note
+    # (text, file name, notes): the report's reading, which never fails.
+    salvage: Callable[[str, str, list[str]], list[dict[str, str]]]
+    looks_like: Callable[[str], bool]  # the first non-blank line is this format's
 
 
 FORMATS: dict[str, RowFormat] = {
@@ -148,11 +153,15 @@ FORMATS: dict[str, RowFormat] = {
         header=csv_line,
         encode=lambda record: csv_line([_csv_cell(v) for v in record.values()]),
         parse=_csv_parse,
+        salvage=csv_salvage,
+        looks_like=lambda first: "path" in header_of(first),
     ),
     "jsonl": RowFormat(
         header=lambda _cols: "",
         encode=lambda record: json.dumps(record, ensure_ascii=False) + "\n",
         parse=_jsonl_parse,
+        salvage=jsonl_salvage,
+        looks_like=lambda first: first.lstrip().startswith("{"),
     ),
 }
 

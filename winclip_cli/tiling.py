@@ -1,6 +1,6 @@
 """Tiling: WinCLIP on overlapping crops at the photo's own resolution (WINCLIP.md, "Tiling").
 
-Geometry (`TileGrid`, `axis_tiles`, `tile_boxes`, `crop_tiles`), stitching of the tiles'
+Geometry (`TileGrid`, `axis_tiles`, `tile_boxes`), stitching of the tiles'
 grid maps into one map at the image's size (`MapStitcher`, `stitch`), the score rules
 (`combine_scores`, `combine_map_max`) and two decode/preprocess helpers (`draft_scale`,
 `mostly_upsampled`). Library code: no CLI, no model.
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 # A split side shorter than this carries almost no picture and is squashed up to the
 # model input anyway: the grid does not fit the image.
@@ -143,11 +142,6 @@ def tile_boxes(width: int, height: int, grid: TileGrid) -> list[Box]:
     xs = axis_tiles(width, grid.cols, grid.overlap)
     ys = axis_tiles(height, grid.rows, grid.overlap)
     return [(x, y, x + w, y + h) for y, h in ys for x, w in xs]
-
-
-def crop_tiles(image: Image.Image, grid: TileGrid) -> list[Image.Image]:
-    """The grid's tiles cropped from `image` (already EXIF-oriented, RGB), row-major."""
-    return [image.crop(box) for box in tile_boxes(image.width, image.height, grid)]
 
 
 def _upsample(grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -3,19 +3,29 @@
 An engine takes the inputs still to score, in input order, and yields one ImageResult
 per input in that same order. The pipeline turns results into rows and image files; it
 does not know where or how they were computed (this process, a Ray cluster).
+
+An engine is built from the Plan's EngineSpec (never from options) by its entry in
+engines.registry, and may take in as many images as it needs before it yields: the
+pipeline pulls results lazily, so an engine that scores a set of images against each
+other (up to a few hundred) buffers them and then yields their results in order.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from ..options import ModelOptions, RayOptions
+from ..prompts import PromptSet
+from ..tiling import TileGrid, combine_map_max
 
 if TYPE_CHECKING:
     import torch
 
     from ..data import InputImage
+    from ..decision import DecisionRule
     from ..tiling import Box
 
 NOT_FINITE = "the model gave no finite score (damaged weights?)"
@@ -47,7 +57,7 @@ class ImageResult:
         if self.grid_map is not None:
             return float(self.grid_map.max())
         if self.tiles:
-            return max(float(m.max()) for _, m in self.tiles)
+            return combine_map_max(m for _, m in self.tiles)
         return None
 
 
@@ -63,3 +73,18 @@ class Engine(Protocol):
     def predict(self, images: Sequence[InputImage]) -> Iterator[ImageResult]:
         """One result per image, in input order, as soon as each is known."""
         ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine is built from, decided by planning before the model loads."""
+
+    name: str  # --engine: a key of engines.registry.ENGINES
+    batch_size: int  # images per forward pass (tiles, when tiled)
+    workers: int  # decoding processes of a local engine (0: in this one)
+    grid: TileGrid  # --tiles / --tile-overlap, parsed once
+    model: ModelOptions  # what a remote worker loads (the driver's model)
+    prompts: PromptSet
+    maps_only_anomalous: bool = False  # --maps anomalous: a second pass for those
+    rule: DecisionRule | None = None  # what "anomalous" means for that pass
+    ray: RayOptions = field(default_factory=RayOptions)

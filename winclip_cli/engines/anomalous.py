@@ -1,8 +1,10 @@
-"""`--maps anomalous`: maps only for the images decided anomalous (zero-shot).
+"""`--maps anomalous`: maps only for the images decided anomalous (zero-shot), over any
+engine (local, Ray; tiled or not).
 
-A zero-shot image score needs no windows, so a plain forward pass decides every image
-first; the window pass then runs only on the anomalous ones. On a line where most parts
-are good a run costs about one score pass plus that fraction of a segment pass.
+A zero-shot image score needs no windows, so a plain pass (the engine built without
+maps) decides every image first; the window pass (the same engine with maps) then runs
+only on the anomalous ones. On a line where most parts are good a run costs about one
+score pass plus that fraction of a segment pass.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..decision import ANOMALOUS
-from . import ImageResult
-from .local import LocalEngine, Scorer
+from . import Engine, ImageResult
 
 if TYPE_CHECKING:
     from ..data import InputImage
@@ -25,21 +26,21 @@ CHUNK = 64
 
 
 class AnomalousMapsEngine:
-    """Scores every image without windows, then maps the anomalous ones; same order."""
+    """Scores every image with ``first`` (no maps), then maps the anomalous ones with
+    ``second``; one result per image, in input order."""
 
-    def __init__(self, scorer: Scorer, batch_size: int, workers: int, rule: DecisionRule) -> None:
-        if scorer.bank is not None:
-            raise ValueError("maps for anomalous images only is zero-shot only")
-        plain = dataclasses.replace(scorer, maps=False)
-        mapped = dataclasses.replace(scorer, maps=True)
-        self.first = LocalEngine(plain, batch_size, workers)
-        self.second = LocalEngine(mapped, batch_size, workers)
-        self.rule = rule
+    def __init__(
+        self, first: Engine, second: Engine, rule: DecisionRule, chunk: int = CHUNK
+    ) -> None:
+        # Each pass is finished before the next starts (a Ray pass holds its actors until
+        # then). An engine that scores images as a set must get whole sets: a ``chunk``
+        # of at least its set size.
+        self.first, self.second, self.rule, self.chunk = first, second, rule, chunk
 
     def predict(self, images: Sequence[InputImage]) -> Iterator[ImageResult]:
-        """One result per image in input order; a grid map only where anomalous."""
-        for start in range(0, len(images), CHUNK):
-            chunk = images[start : start + CHUNK]
+        """One result per image in input order; a map only where anomalous."""
+        for start in range(0, len(images), self.chunk):
+            chunk = images[start : start + self.chunk]
             results = list(self.first.predict(chunk))
             wanted = [
                 i
@@ -50,7 +51,12 @@ class AnomalousMapsEngine:
             for i, mapped in zip(wanted, maps, strict=True):
                 # The decision stands on the first pass's score; the map is added to it.
                 results[i] = (
-                    dataclasses.replace(results[i], grid_map=mapped.grid_map)
+                    dataclasses.replace(
+                        results[i],
+                        grid_map=mapped.grid_map,
+                        tiles=mapped.tiles,
+                        size=mapped.size or results[i].size,
+                    )
                     if mapped.error is None
                     else mapped
                 )

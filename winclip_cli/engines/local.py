@@ -4,49 +4,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import torch
 
-from ..cache import ReferenceBank
 from ..data import Batch, InputImage, batches
-from ..model import WinClip
-from ..tiling import Box, TileGrid, combine_scores
-from . import NOT_FINITE, ImageResult, checked_result
-
-
-@dataclass
-class Scorer:
-    """A loaded model with what every prediction of a run shares: the class's text
-    embeddings, the reference bank (WinCLIP+) or None (zero-shot), and whether maps are
-    made."""
-
-    model: WinClip
-    text: torch.Tensor
-    bank: ReferenceBank | None
-    maps: bool
-
-    def predict(self, pixels: torch.Tensor) -> list[ImageResult]:
-        """Results for a batch of preprocessed images (B, 3, H, W)."""
-        out = self.model.predict(pixels, text=self.text, bank=self.bank, maps=self.maps)
-        grids = out.grid_maps
-        return [
-            checked_result(float(score), None if grids is None else grids[j])
-            for j, score in enumerate(out.image_scores.tolist())
-        ]
-
-
-def tiled_result(
-    boxes: list[Box], size: tuple[int, int], tiles: list[ImageResult], maps: bool
-) -> ImageResult:
-    """One tiled image's result from its tiles' results (WINCLIP.md, "Tiling"): the score
-    is the maximum tile score; with maps, the tiles' grid maps with their boxes."""
-    if any(t.score is None for t in tiles):
-        return ImageResult(None, None, NOT_FINITE)
-    score = combine_scores(t.score for t in tiles if t.score is not None)
-    parts = [(box, t.grid_map) for box, t in zip(boxes, tiles, strict=True)]
-    kept = [(box, m) for box, m in parts if m is not None] if maps else None
-    return ImageResult(score, None, None, kept, size)
+from ..errors import UsageError
+from ..options import RunOptions
+from ..tiling import Box, TileGrid
+from . import EngineSpec, ImageResult
+from .scorer import Scorer, tiled_result
 
 
 class LocalEngine:
@@ -162,3 +129,20 @@ class LocalEngine:
             f"the model input ({w}x{h}) and are upsampled: tiling these images gains little; "
             "use fewer --tiles"
         )
+
+
+def check(opts: RunOptions) -> None:
+    """Options the local engine refuses: the Ray ones."""
+    if opts.ray.given:
+        raise UsageError(f"{opts.ray.given[0]} needs --engine ray")
+
+
+@contextmanager
+def session(spec: EngineSpec) -> Iterator[None]:
+    """Nothing to connect to."""
+    yield
+
+
+def build(spec: EngineSpec, scorer: Scorer, warn: Callable[[str], None]) -> LocalEngine:
+    """The local engine of ``spec``, on ``scorer``."""
+    return LocalEngine(scorer, spec.batch_size, spec.workers, spec.grid, warn)

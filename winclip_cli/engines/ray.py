@@ -16,25 +16,28 @@ Why this shape:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from ..errors import ClusterError, MissingDependencyError
-from ..options import DEFAULT_RAY_WORKERS, LOCAL_DIR, ModelOptions
-from . import ImageResult
+from ..bank import bank_payload
+from ..errors import ClusterError, MissingDependencyError, UsageError
+from ..options import DEFAULT_RAY_WORKERS, LOCAL_DIR, ModelOptions, RunOptions
+from . import EngineSpec, ImageResult
+from .ray_actor import Predictor
+from .scorer import Scorer
 
 if TYPE_CHECKING:
     from ..data import InputImage
-    from ..planning import Plan
-    from .local import Scorer
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'winclip[ray]'"
 CONNECT_TIMEOUT_S = 5.0  # an unreachable cluster is an answer within seconds, not a hang
@@ -123,32 +126,52 @@ def portable_model(model: ModelOptions) -> ModelOptions:
     )
 
 
+def check(opts: RunOptions) -> None:
+    """The Ray options' values, and Ray itself (exit 2 when it is not installed)."""
+    ray = opts.ray
+    if ray.workers is not None and ray.workers < 1:
+        raise UsageError("--ray-workers must be at least 1")
+    gpus = ray.gpus_per_worker
+    if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
+        raise UsageError("--ray-gpus-per-worker must be 0 or more")
+    if ray.address is not None and not ray.address.strip():
+        raise UsageError("--ray-address is empty (an unset shell variable?)")
+    require_ray()
+
+
+@contextmanager
+def session(spec: EngineSpec) -> Iterator[None]:
+    """Connected to the cluster (before the model loads: an unreachable one fails fast)."""
+    with ray_session(spec.ray.address):
+        yield
+
+
+def build(spec: EngineSpec, scorer: Scorer, warn: Callable[[str], None]) -> RayEngine:
+    """The Ray engine of ``spec`` (inside ``session``); tile warnings are the driver's,
+    and a remote actor has no one to tell."""
+    return RayEngine(spec, scorer)
+
+
 class RayEngine:
     """Results from a Ray actor pool of ``workers`` actors, in input order."""
 
-    def __init__(self, p: Plan, scorer: Scorer) -> None:
-        from ..cache import bank_payload
-
-        opts = p.opts
-        self.batch_size = opts.batch_size
-        self.workers = opts.ray.workers or DEFAULT_RAY_WORKERS
-        self.gpus = opts.ray.gpus_per_worker or 0.0
+    def __init__(self, spec: EngineSpec, scorer: Scorer) -> None:
+        self.batch_size = spec.batch_size
+        self.workers = spec.ray.workers or DEFAULT_RAY_WORKERS
+        self.gpus = spec.ray.gpus_per_worker or 0.0
         self.setup: dict[str, Any] = {
-            "model": portable_model(opts.model),
-            "prompts": p.prompts,
+            "model": portable_model(spec.model),
+            "prompts": spec.prompts,
             "text": scorer.text.detach().float().cpu(),
             "bank": None if scorer.bank is None else bank_payload(scorer.bank),
             "maps": scorer.maps,
-            "tiles": (opts.tiles, opts.tile_overlap),
+            "grid": spec.grid,
             "hooks": {k: os.environ[k] for k in HOOKS if k in os.environ},
         }
 
     def predict(self, images: Sequence[InputImage]) -> Iterator[ImageResult]:
         """One result per image, in input order, as Ray delivers them."""
         import ray.data
-        import torch
-
-        from .ray_actor import Predictor
 
         if not images:
             return

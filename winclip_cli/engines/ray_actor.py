@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..bank import bank_from_payload
 from ..data import InputImage
+from ..model import WinClip
 from ..tiling import TileGrid
 from . import ImageResult
+from .local import LocalEngine
+from .scorer import Scorer
 
 
 class Predictor:
@@ -29,12 +34,11 @@ class Predictor:
     """
 
     def __init__(self, setup: dict[str, Any]) -> None:
-        import torch
 
         torch.set_num_threads(1)  # one core per actor (num_cpus=1): no oversubscription
         self.hooks: dict[str, str] = setup["hooks"]
         self.maps: bool = setup["maps"]
-        self.grid = TileGrid.parse(*setup["tiles"])
+        self.grid: TileGrid = setup["grid"]
         self.fatal = ""
         try:
             self.engine = self._load(setup)
@@ -42,10 +46,6 @@ class Predictor:
             self.fatal = " ".join(str(exc).split()) or type(exc).__name__
 
     def _load(self, setup: dict[str, Any]) -> Any:
-        from ..cache import bank_from_payload
-        from ..model import WinClip
-        from .local import LocalEngine, Scorer
-
         if "WINCLIP_TEST_ACTOR_LOAD_FAIL" in self.hooks:
             raise RuntimeError("weights not found on this node (test hook)")
         wc = WinClip.from_options(setup["model"], setup["prompts"])

@@ -1,5 +1,5 @@
-"""`--report FILE` on a run: the HTML report of its rows, written when the run ends
-(also when it is interrupted, then marked incomplete)."""
+"""`--report FILE` on a run: collects the rows as the pipeline writes them and renders
+the HTML report when the run ends (also when it is interrupted, then marked incomplete)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 
 from .atomic import atomic_write
 from .decision import CalibratedRule, ThresholdRule
+from .htmlreport import render_report
 from .options import LOCAL_DIR, RunOptions
 from .planning import Plan
 from .progress import Reporter
-from .report import render_report
+from .resume import resume_key
 
 
 def run_info(p: Plan) -> dict[str, str]:
@@ -43,16 +44,19 @@ def _weights(opts: RunOptions) -> str:
     return "from the model folder" if m.model.startswith(LOCAL_DIR) else str(m.pretrained)
 
 
-class RunReport:
-    """Collects a run's rows (resumed ones first) and writes the report at the end."""
+class ReportSink:
+    """Collects a run's rows (the kept ones of a resumed file first) and writes the report
+    at the end: exactly the rows of the rows file."""
 
     def __init__(self, p: Plan, path: Path) -> None:
         self.plan, self.path = p, path
-        self.rows: list[dict[str, Any]] = list(p.done.values())
+        self.rows: list[dict[str, Any]] = list(p.kept.values())
+        self.written: set[str] = set()  # this run's rows, by resume_key
         self.started = time.perf_counter()
 
     def add(self, record: dict[str, Any]) -> None:
         self.rows.append(record)
+        self.written.add(resume_key(str(record["path"])))
 
     def write(self, reporter: Reporter, incomplete: bool) -> None:
         """Render and write the report; thumbnails show a progress bar on a terminal."""
@@ -60,8 +64,9 @@ class RunReport:
         cal = self.plan.calibration
         calibration_scores = None if cal is None else [float(s) for s in cal.scores]
         try:
+            left = self.plan.resume.not_yet_redone(self.plan.done, self.written)
             text = render_report(
-                self.rows,
+                self.rows + left,
                 output=self.path,
                 run_info=run_info(self.plan),
                 threshold=None if self.plan.rule is None else self.plan.rule.threshold,

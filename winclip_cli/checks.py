@@ -1,0 +1,156 @@
+"""Option checks that need no model, shared by the runs, calibrate and eval: each
+refuses with a UsageError (exit 2) naming the option."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from .backbone import resolve_device, resolve_precision
+from .bank import ReferenceBank, load_bank
+from .engines.registry import check_engine
+from .errors import BankFileError, PromptFileError, UsageError
+from .options import (
+    MAP_DTYPES,
+    MAP_MODES,
+    OVERLAY_FORMATS,
+    ModelOptions,
+    RunOptions,
+)
+from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
+from .rows import FORMATS
+from .scoring import check_temperature
+from .shards import parse_shard
+from .tiling import TileGrid, describe_grid, grid_of_meta, same_grid
+
+
+def read_bank_file(path: Path) -> ReferenceBank:
+    """The bank file of --ref FILE; UsageError (exit 2) when it is not one."""
+    try:
+        return load_bank(path)
+    except BankFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def check_class_name(class_name: str) -> None:
+    try:
+        clean_class_name(class_name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def prompt_file(model: ModelOptions) -> Path | None:
+    """The JSON prompt file the run reads, if any (a preset name is no file)."""
+    if model.prompts is None or str(model.prompts) in PRESETS:
+        return None
+    return Path(model.prompts)
+
+
+def check_model_options(model: ModelOptions) -> PromptSet:
+    """Model options that can be checked without loading it; returns the prompt set."""
+
+    if model.temperature is not None:
+        try:
+            check_temperature(model.temperature)
+        except ValueError as exc:
+            raise UsageError(f"--temperature: {exc}") from exc
+    if model.weights is not None and not model.weights.is_file():
+        raise UsageError(f"weights file not found: {model.weights}")
+    try:
+        resolve_precision(model.precision, resolve_device(model.device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        return resolve_prompts(model.prompts)
+    except PromptFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def tile_grid(tiles: str, overlap: float) -> TileGrid:
+    """The grid of --tiles and --tile-overlap; UsageError (exit 2) with the parser's
+    message when either is malformed."""
+    try:
+        return TileGrid.parse(tiles, overlap)
+    except ValueError as exc:
+        raise UsageError(f"--tiles {tiles} --tile-overlap {overlap}: {exc}") from exc
+
+
+def check_bank_grid(meta: dict[str, object], grid: TileGrid, what: str) -> None:
+    """UsageError unless a bank (or calibration) made with meta's grid fits this run's."""
+    try:
+        made = grid_of_meta(meta)
+    except ValueError as exc:
+        raise UsageError(f"{what}: damaged tile grid record: {exc}") from exc
+    if not same_grid(made, grid):
+        raise UsageError(
+            f"{what} was made with {describe_grid(made)}, this run uses {describe_grid(grid)}: "
+            "use the same --tiles and --tile-overlap, or rebuild it"
+        )
+
+
+def check_numbers(opts: RunOptions) -> None:
+    check_class_name(opts.class_name)
+    tile_grid(opts.tiles, opts.tile_overlap)
+    if opts.overlay_format not in OVERLAY_FORMATS:
+        raise UsageError(
+            f"--overlay-format {opts.overlay_format!r}: use {' or '.join(OVERLAY_FORMATS)}"
+        )
+    if opts.map_dtype not in MAP_DTYPES:
+        raise UsageError(f"--map-dtype {opts.map_dtype!r}: use {' or '.join(MAP_DTYPES)}")
+    if opts.overlay_max_side is not None and opts.overlay_max_side < 16:
+        raise UsageError("--overlay-max-side must be at least 16 (pixels)")
+    if opts.fmt not in FORMATS:
+        raise UsageError(f"--format {opts.fmt!r}: use {' or '.join(FORMATS)}")
+    if opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if opts.workers is not None and opts.workers < 0:
+        raise UsageError("--workers must be 0 or more")
+    if opts.threshold is not None and not math.isfinite(opts.threshold):
+        raise UsageError("--threshold must be a number (scores lie in 0..1)")
+    if opts.fail_on_anomaly and opts.threshold is None and opts.calibration is None:
+        raise UsageError("--fail-on-anomaly needs --threshold or --calibration")
+    if opts.false_alarm_rate is not None and opts.calibration is None:
+        raise UsageError("--false-alarm-rate needs --calibration (a file from winclip calibrate)")
+    if opts.calibration is not None and opts.threshold is not None:
+        raise UsageError("--threshold and --calibration are two decision rules: give one")
+    if opts.save_masks and not (opts.maps and opts.calibration is not None):
+        raise UsageError("--save-masks needs maps (segment, fewshot) and --calibration")
+    _check_maps_mode(opts)
+    if opts.require_ref and opts.ref is None and opts.calibration is None:
+        raise UsageError("fewshot needs --ref (a folder of normal images, or a bank file)")
+    if opts.ref is None and (opts.k is not None or opts.seed is not None):
+        raise UsageError("--k and --seed choose reference images: they need --ref")
+    if opts.k is not None and opts.k < 1:
+        raise UsageError("--k must be at least 1")
+    if not (math.isfinite(opts.settle) and opts.settle >= 0):
+        raise UsageError("--settle must be 0 (off) or more seconds")
+    if opts.resume and opts.to_stdout:
+        raise UsageError("--resume needs -o FILE (the file to continue)")
+    if opts.to_stdout and sys.stdout is None:
+        raise UsageError("stdout is closed: give -o FILE for the rows")
+    _check_scale_out(opts)
+
+
+def _check_scale_out(opts: RunOptions) -> None:
+    """--shard and the engine options (Ray itself is looked for here: exit 2 if absent)."""
+    if opts.shard is not None:
+        try:
+            parse_shard(opts.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    check_engine(opts)
+
+
+def _check_maps_mode(opts: RunOptions) -> None:
+    if opts.maps_mode == "all":
+        return
+    if opts.maps_mode not in MAP_MODES:
+        raise UsageError(f"--maps {opts.maps_mode!r}: use {' or '.join(MAP_MODES)}")
+    if opts.require_ref or opts.ref is not None:
+        raise UsageError(
+            "--maps anomalous is zero-shot only: a few-shot score needs the windows itself "
+            "(it averages in the few-shot map), so there is no cheaper first pass"
+        )
+    if opts.threshold is None and opts.calibration is None:
+        raise UsageError("--maps anomalous needs a decision: --calibration or --threshold")

@@ -1,0 +1,70 @@
+"""Checks on what a run may write: a file that can be written, a folder that can be
+created, and never one of the run's own inputs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    pass
+
+
+def check_writable_file(path: Path) -> None:
+    """UsageError unless ``path`` can be written (and replaced, when a regular file)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a folder, not a file")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist")
+    if path.exists() and not path.is_file():  # a FIFO or device (/dev/stdout): written in place
+        writable = os.access(path, os.W_OK)
+    else:
+        writable = os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if not writable:
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """The folder exists and is writable, or can be created: checked, not created, so a
+    run that stops early leaves no empty folder behind."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create output folder {out_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"cannot write to output folder {out_dir}: permission denied")
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def refuse_overwriting(
+    option: str, target: Path | None, files: list[Path], folders: Sequence[Path] = ()
+) -> None:
+    """UsageError when writing ``target`` would destroy one of the run's inputs: one of
+    ``files`` (the same file under any name) or an existing file in one of ``folders``."""
+    if target is None or not target.exists():
+        return
+    st = os.stat(target)
+    same = next((f for f in files if _same_file(f, st)), None)
+    if same is None:
+        same = next((d for d in folders if is_within(target, d)), None)
+    if same is not None:
+        raise UsageError(f"{option} {target} would overwrite an input of this run ({same})")
+
+
+def _same_file(path: Path, target: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), target)
+    except OSError:
+        return False
