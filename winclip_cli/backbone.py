@@ -324,7 +324,7 @@ def load_backbone(
     pretrained: str | None = DEFAULT_PRETRAINED,
     weights: str | os.PathLike[str] | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | Precision = "fp32",
     cache_dir: str | None = None,
 ) -> Backbone:
     """Build the open_clip model and load its weights.

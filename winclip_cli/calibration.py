@@ -27,7 +27,7 @@ import torch
 from .atomic import atomic_write
 from .bank import BANK_FORMAT, ReferenceBank, bank_from_payload, bank_payload
 from .errors import BankFileError, CalibrationError
-from .hardware import RESOLVED, UNRECORDED, mismatch
+from .hardware import RESOLVED, UNRECORDED
 
 CALIBRATION_FORMAT = "winclip-calibration"
 CALIBRATION_VERSION = 1
@@ -170,8 +170,8 @@ class Calibration:
 
     ``settings``: the run settings' fingerprint (plain JSON values); ``scores``: the n
     image scores; ``map_maxima``: the n grid-map maxima when the run made maps;
-    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths;
-    ``precision``: what the scores were computed in (resolved: fp32, bf16, fp16, int8).
+    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths.
+    ``settings["precision"]``: what the scores were computed in (fp32, bf16, fp16, int8).
     """
 
     settings: dict[str, Any]
@@ -179,15 +179,14 @@ class Calibration:
     map_maxima: np.ndarray | None
     bank: ReferenceBank | None
     images: list[str]
-    precision: str = UNRECORDED
 
     def __post_init__(self) -> None:
+        self.settings = _plain_json(self.settings)
         if self.precision not in RESOLVED:  # "auto" too: a file records what was used
             raise CalibrationError(
                 f"calibration precision must be one of {', '.join(RESOLVED)}, "
                 f"got {self.precision!r}"
             )
-        self.settings = _plain_json(self.settings)
         self.scores = _as_scores(self.scores, "calibration scores")
         if self.map_maxima is not None:
             self.map_maxima = _as_scores(self.map_maxima, "calibration map maxima")
@@ -202,6 +201,11 @@ class Calibration:
             raise CalibrationError(
                 f"{len(self.images)} calibration image names for {self.scores.size} scores"
             )
+
+    @property
+    def precision(self) -> str:
+        """What the scores were computed in."""
+        return str(self.settings.get("precision", UNRECORDED))
 
     @property
     def n(self) -> int:
@@ -221,13 +225,6 @@ class Calibration:
     def p_values(self, scores: Any) -> np.ndarray:
         """p-values of new image scores against this calibration."""
         return p_values(scores, self.scores)
-
-    def check_precision(self, run_precision: str, source: str) -> None:
-        """Refuse a run at another precision than the scores were made at (exit 2, naming
-        --precision and the precision the file needs)."""
-        refused = mismatch(self.precision, run_precision, f"calibration {source}")
-        if refused:
-            raise CalibrationError(refused)
 
 
 def _bank_from_payload(payload: Any, where: str) -> ReferenceBank:
@@ -252,7 +249,6 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
         ),
         "bank": None if cal.bank is None else bank_payload(cal.bank),
         "images": list(cal.images),
-        "precision": cal.precision,
     }
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
@@ -295,13 +291,14 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         if not isinstance(images, list):
             raise CalibrationError(f"{where}: damaged calibration file (images)")
         # Files from before the precision was recorded were made at the CLI's fp32 default.
-        precision = payload.get("precision", UNRECORDED)
+        if isinstance(settings, dict):
+            settings.setdefault("precision", UNRECORDED)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CalibrationError):
             raise
         raise CalibrationError(f"{where}: damaged calibration file") from exc
     try:
-        return Calibration(settings, scores, maxima, bank, images, precision)
+        return Calibration(settings, scores, maxima, bank, images)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

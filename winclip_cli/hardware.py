@@ -125,9 +125,13 @@ def choose_auto(device: torch.device, features: Mapping[str, Any] | None = None)
     return Precision("fp32", "fp32: CPU has no AMX (bf16 would be slower)")
 
 
-def resolve(precision: str, device: torch.device) -> Precision:
+def resolve(precision: str | Precision, device: torch.device) -> Precision:
     """The precision a run computes in; ValueError for a name or combination that can't
-    run (fp16 on a CPU crawls; a GPU without bf16; int8 off the CPU)."""
+    run (fp16 on a CPU crawls; a GPU without bf16; int8 off the CPU). A Precision (one a
+    file recorded, with its reason) is checked the same way and kept."""
+    if isinstance(precision, Precision):
+        resolve(precision.name, device)
+        return precision
     if precision == AUTO:
         return choose_auto(device)
     if precision not in RESOLVED:

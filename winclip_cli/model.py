@@ -18,7 +18,7 @@ from .bank import ReferenceBank
 from .cache import TextEmbeddingCache
 from .encoder import Features, WindowEncoder
 from .errors import BankMismatchError, WeightsUnavailableError
-from .hardware import mismatch, recorded
+from .hardware import Precision, mismatch, recorded
 from .imaging import Preprocessor
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_SCALES, ModelOptions
 from .prompts import PromptSet, clean_class_name
@@ -100,7 +100,7 @@ class WinClip:
         pretrained: str | None = DEFAULT_PRETRAINED,
         weights: str | os.PathLike[str] | None = None,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str | Precision = "fp32",
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         prompts: PromptSet | None = None,
@@ -110,7 +110,7 @@ class WinClip:
         """Load an open_clip model (tag, local ``weights`` file or ``local-dir:``) for scoring.
 
         ``precision``: fp32 (the default, so a library call gives the same numbers on
-        every machine), bf16, fp16 (GPU), int8 (CPU) or auto (see precision.choose_auto).
+        every machine), bf16, fp16 (GPU), int8 (CPU) or auto (see hardware.choose_auto).
         Scores and maps come back as float32 whatever it is.
         Raises backbone.WeightsUnavailableError when the weights can't be had.
         """
@@ -125,7 +125,11 @@ class WinClip:
             pretrained=m.pretrained,
             weights=m.weights,
             device=m.device,
-            precision=m.precision,
+            precision=(
+                m.precision
+                if m.precision_reason is None
+                else Precision(m.precision, m.precision_reason)
+            ),
             cache_dir=m.cache_dir,
             prompts=prompts,
             temperature=m.temperature,

@@ -46,10 +46,12 @@ class ModelOptions:
     pretrained: str | None = DEFAULT_PRETRAINED
     weights: Path | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     prompts: str | Path | None = None  # a preset name (prompts.PRESETS) or a JSON file
     temperature: float | None = None
     cache_dir: Path | None = None
+    # Why, when the precision came from a file (a calibration's, a bank's), for the log.
+    precision_reason: str | None = None
 
 
 @dataclass

@@ -131,7 +131,8 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
 
     opts, m = p.opts, p.opts.model
     wc = model or WinClip.from_options(m, p.prompts)
-    reporter.stage(f"model loaded: {wc.backbone.model_name} ({wc.backbone.source or 'given'})")
+    source = wc.backbone.source or "given"
+    reporter.stage(f"model loaded: {wc.backbone.model_name} ({source}); {wc.precision_reason}")
     text = wc.text_embeddings(opts.class_name)
     reporter.stage(f"text embeddings for {opts.class_name!r}: {wc.text_source}")
     refs, bank = p.references, None

@@ -41,7 +41,14 @@ from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
 from .rows import RowsFile, columns
-from .settings import RunFacts, apply_to_options, load_for_run, run_settings
+from .settings import (
+    RunFacts,
+    adopt_bank_precision,
+    apply_to_options,
+    load_for_run,
+    run_settings,
+    unrecorded,
+)
 from .shards import parse_shard, shard_of
 from .tiling import TileGrid
 
@@ -275,6 +282,7 @@ def plan(opts: RunOptions) -> Plan:
         cal = load_for_run(opts.calibration)
         opts, prompts = apply_to_options(opts, cal)
     refs = plan_references(opts)
+    opts = adopt_bank_precision(opts, refs.bank)
     if cal is not None:
         refs.source, refs.bank = opts.calibration, cal.bank
     if opts.save_bank is not None:
@@ -313,7 +321,8 @@ def plan(opts: RunOptions) -> Plan:
     try:
         ref_images = [im.path for im in refs.images]
         facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal)
-        done, todo, resumed = prepare(opts, images, cols, rule, run_settings(facts), rows_file)
+        settings = run_settings(facts)
+        done, todo, resumed = prepare(opts, images, cols, rule, settings, rows_file, unrecorded())
     except BaseException:
         rows_file.release()
         raise

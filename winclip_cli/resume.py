@@ -59,10 +59,15 @@ class Resumed:
 
 
 def _read_resume(
-    opts: RunOptions, cols: list[str], rule: DecisionRule | None, settings: dict[str, Any]
+    opts: RunOptions,
+    cols: list[str],
+    rule: DecisionRule | None,
+    settings: dict[str, Any],
+    older: dict[str, Any],
 ) -> tuple[dict[str, dict[str, str]], RunManifest | None, bool]:
     """Rows already in -o FILE (--resume), by absolute path, and the file's manifest;
-    refuses other settings than the file's (the file would contradict itself).
+    refuses other settings than the file's (the file would contradict itself); ``older``:
+    what a manifest written before a setting was recorded stands for.
     The bool: the file has rows but no manifest (an older version)."""
     assert opts.output is not None
     out = Path(opts.output)
@@ -70,7 +75,7 @@ def _read_resume(
         return {}, None, False
     recorded = read_manifest(out)
     if recorded is not None:
-        refuse_other_settings(out, recorded.settings, settings)
+        refuse_other_settings(out, {**older, **recorded.settings}, settings)
     try:
         rows = read_finished_rows(out, opts.fmt, cols)
     except (ValueError, OSError) as exc:
@@ -180,11 +185,12 @@ def prepare(
     rule: DecisionRule | None,
     settings: dict[str, Any],
     rows_file: RowsFile,
+    older: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, str]], list[InputImage], Resumed]:
     """What --resume keeps of -o FILE (held by ``rows_file``) and what this run scores:
     (rows already there by resume_key, inputs to score, the rest of the decision).
     Without --resume (or a new file): nothing kept, every input scored."""
-    done, recorded, legacy = _read_resume(opts, cols, rule, settings)
+    done, recorded, legacy = _read_resume(opts, cols, rule, settings, older or {})
     rows_file.follow()  # a repair may have replaced the file
     if done and images and not any(resume_key(im.display) in done for im in images):
         raise UsageError(
