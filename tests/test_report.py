@@ -33,6 +33,17 @@ HOSTILE = [
 ]
 
 
+def page_scripts(tree) -> dict:
+    """The page's two scripts (the report's, the verdicts') and the verdict data block,
+    which the browser never runs; returns that data."""
+    scripts = list(tree.iter("script"))
+    code = [s for s in scripts if s.get("type") is None]
+    data = [s for s in scripts if s.get("type") == "application/json"]
+    assert len(scripts) == 3 and len(code) == 2 and len(data) == 1
+    assert "<" not in data[0].text and ">" not in data[0].text and "&" not in data[0].text
+    return json.loads(data[0].text)
+
+
 def write_csv(path: Path, rows: list[dict[str, object]], cols: list[str] = COLS) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -148,8 +159,9 @@ def test_report_is_valid_self_contained_html(run_dir):
             else:
                 assert "://" not in value and not value.startswith("//"), value
     assert not re.search(r"https?://|url\(|@import|@font-face", text)
-    # one script of the page's own; the header says what was run and what came out
-    assert len(list(tree.iter("script"))) == 1
+    # the page's own scripts only; the header says what was run and what came out
+    data = page_scripts(tree)
+    assert [r[0] for r in data["rows"]] == [r["path"] for r in read_rows([run_dir / "rows.csv"])[0]]
     words = text_of(tree)
     for expected in ("segment imgs", "textile", "12.5 s", "generated", "errors"):
         assert expected in words
@@ -245,8 +257,9 @@ def test_hostile_names_messages_and_run_info_show_as_text(tmp_path, monkeypatch)
     )
     text = (tmp_path / "r.html").read_text()
     tree = parse_strict(text)
-    # no element and no attribute came from the data: one script, imgs are thumbnails only
-    assert len(list(tree.iter("script"))) == 1
+    # no element and no attribute came from the data: the page's scripts, imgs are thumbnails
+    data = page_scripts(tree)  # the verdict data holds each path exactly, as JSON text
+    assert [r[0] for r in data["rows"]] == [r["path"] for r in rows]
     assert not elements(tree, "b") and len(elements(tree, "svg")) <= 1
     for element in tree.iter():
         assert not any(a.lower().startswith("on") for a in element.attrib), element.attrib

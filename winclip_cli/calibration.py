@@ -15,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
@@ -170,7 +170,9 @@ class Calibration:
 
     ``settings``: the run settings' fingerprint (plain JSON values); ``scores``: the n
     image scores; ``map_maxima``: the n grid-map maxima when the run made maps;
-    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths.
+    ``bank``: the few-shot reference bank; ``images``: the calibration images' paths;
+    ``lineage``: how the file came to be, oldest first (each `review apply`: the old
+    file's fingerprint, the verdict files' hashes, the images added and how).
     ``settings["precision"]``: what the scores were computed in (fp32, bf16, fp16, int8).
     """
 
@@ -179,9 +181,13 @@ class Calibration:
     map_maxima: np.ndarray | None
     bank: ReferenceBank | None
     images: list[str]
+    lineage: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.settings = _plain_json(self.settings)
+        self.lineage = _plain_json({"lineage": self.lineage}, "lineage")["lineage"]
+        if not isinstance(self.lineage, list) or not all(isinstance(e, dict) for e in self.lineage):
+            raise CalibrationError("the lineage must be a list of records")
         if self.precision not in RESOLVED:  # "auto" too: a file records what was used
             raise CalibrationError(
                 f"calibration precision must be one of {', '.join(RESOLVED)}, "
@@ -250,6 +256,8 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
         "bank": None if cal.bank is None else bank_payload(cal.bank),
         "images": list(cal.images),
     }
+    if cal.lineage:  # files without one stay byte-identical to those made before
+        payload["lineage"] = json.dumps(cal.lineage, allow_nan=False)
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
@@ -293,12 +301,13 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         # Files from before the precision was recorded were made at the CLI's fp32 default.
         if isinstance(settings, dict):
             settings.setdefault("precision", UNRECORDED)
+        lineage = json.loads(payload.get("lineage", "[]"))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CalibrationError):
             raise
         raise CalibrationError(f"{where}: damaged calibration file") from exc
     try:
-        return Calibration(settings, scores, maxima, bank, images)
+        return Calibration(settings, scores, maxima, bank, images, lineage)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

@@ -59,6 +59,7 @@ from .cli_options import (
     model_options,
     run_options,
 )
+from .cli_review import review_app
 from .cli_run_options import (
     SCORING_HELP,
     CalibrationOpt,
@@ -378,6 +379,9 @@ def report_command(
     from .commands.report import report_command as report
 
     _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose)
+
+
+app.add_typer(review_app(_run, _given), name="review")
 
 
 @app.command()

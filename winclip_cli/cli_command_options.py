@@ -141,3 +141,88 @@ DownloadModelOpt = Annotated[str, typer.Option(help="open_clip model name.")]
 
 
 DownloadPretrainedOpt = Annotated[str, typer.Option(help="open_clip weights tag.")]
+
+
+# ----- review apply / review stats
+
+VerdictsOpt = Annotated[
+    list[Path],
+    typer.Argument(
+        help="verdicts.csv files exported from reports (path,verdict,...).", parser=path_arg
+    ),
+]
+
+
+ReviewCalibrationOpt = Annotated[
+    Path,
+    typer.Option(help="The calibration the runs used (from `winclip calibrate`).", parser=path_arg),
+]
+
+
+ReviewStatsCalibrationOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--calibration",
+        help="The runs' calibration: decides rows without a label, and names n.",
+        parser=path_arg,
+    ),
+]
+
+
+ReviewOutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", help="The new calibration file to write (.cal).", parser=path_arg
+    ),
+]
+
+
+IntoOpt = Annotated[
+    str,
+    typer.Option(
+        help="bank: false alarms join the reference bank and every calibration image is "
+        "scored again; calibration: they join the known-good set (bank unchanged)."
+    ),
+]
+
+
+ReviewRootOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        help="Folder the rows' relative paths start from (default: the current folder).",
+        parser=path_arg,
+    ),
+]
+
+
+ReviewRateOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        help="The runs' false-alarm rate (review apply --into calibration: default 0.01; "
+        "review stats: default the rate the runs' manifests record).",
+        show_default=False,
+    ),
+]
+
+
+ReviewRowsOpt = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option(
+        "--rows",
+        help="Rows files of the runs, every image reviewed or not (repeat, or list them "
+        "after one --rows: rows files among the arguments are told apart by their columns).",
+        parser=path_arg,
+    ),
+]
+
+
+StatsFormatOpt = Annotated[str, typer.Option("--format", help="text or json.")]
+
+
+FailOnDriftOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fail-on-drift",
+        help="Exit 1 when the promised false-alarm rate is broken at the 5% level.",
+    ),
+]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .histogram import histogram
 from .report_parts import as_number, card, esc, rows_table, select
+from .report_verdicts import VERDICT_CSS, VERDICT_SCRIPT, verdict_data
 from .rows_salvage import cell_text
 from .thumbnails import make_thumbnails, resolve
 
@@ -72,8 +73,9 @@ def _digest(text: str) -> str:
 # Defence in depth: the page may run its own script and style only (by hash), and load
 # nothing but data: images. Even markup that escaped escaping could not run or fetch.
 CONTENT_POLICY = (
-    f"default-src 'none'; img-src data:; style-src {_digest(CSS)}; "
-    f"script-src {_digest(SCRIPT)}; form-action 'none'; base-uri 'none'"
+    f"default-src 'none'; img-src data:; style-src {_digest(CSS)} {_digest(VERDICT_CSS)}; "
+    f"script-src {_digest(SCRIPT)} {_digest(VERDICT_SCRIPT)}; form-action 'none'; "
+    "base-uri 'none'"
 )
 
 
@@ -131,7 +133,8 @@ def render_page(
         if len(notes) > MAX_NOTES_SHOWN:
             out.append(f"<li>… and {len(notes) - MAX_NOTES_SHOWN} more")
         out.append("</ul></section>")
-    out.append(f"</main><script>{SCRIPT}</script></body></html>\n")
+    out.append(f"</main>{verdict_data(rows, run_info)}<script>{VERDICT_SCRIPT}</script>")
+    out.append(f"<script>{SCRIPT}</script></body></html>\n")
     return "".join(out), len(cards), notes
 
 
@@ -194,7 +197,8 @@ def _header(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_POLICY}">',
         '<meta name="referrer" content="no-referrer">',
-        f"<title>{esc(heading)}</title><style>{CSS}</style></head><body>",
+        f"<title>{esc(heading)}</title><style>{CSS}</style><style>{VERDICT_CSS}</style>"
+        "</head><body>",
         f"<header><h1>{esc(heading)}</h1>",
     ]
     if incomplete:

@@ -27,7 +27,9 @@ function col(name){
 }
 var nameCol=col('path'),shown=document.getElementById('shown-count');
 var more=document.getElementById('more'),PAGE=500,limit=PAGE;
-var filters=[['filter-label',col('label')],['filter-status',col('status')]];
+/* every select in the controls filters its column (the verdict script adds one) */
+var filters=Array.prototype.map.call(document.querySelectorAll('.controls select[data-col]'),
+  function(s){return [s.id,col(s.dataset.col)];});
 function text(row,c){return c<0?'':row.cells[c].textContent;}
 /* Only the first PAGE matching rows are laid out (hidden rows cost the browser nothing):
    sorting and filtering 10,000 rows stays quick; "show more" reveals the rest. */
@@ -47,7 +49,7 @@ function apply(){
   if(more)more.hidden=n<=limit;
 }
 function refilter(){limit=PAGE;apply();}
-['filter-name','filter-label','filter-status'].forEach(function(id){
+['filter-name'].concat(filters.map(function(f){return f[0];})).forEach(function(id){
   var el=document.getElementById(id);
   if(el){el.addEventListener('input',refilter);el.addEventListener('change',refilter);}
 });
