@@ -91,6 +91,7 @@ def check_bank_grid(meta: dict[str, object], grid: TileGrid, what: str) -> None:
 
 def check_numbers(opts: RunOptions) -> None:
     check_class_name(opts.class_name)
+    check_mutual(opts)
     tile_grid(opts.tiles, opts.tile_overlap)
     if opts.overlay_format not in OVERLAY_FORMATS:
         raise UsageError(
@@ -154,3 +155,59 @@ def _check_maps_mode(opts: RunOptions) -> None:
         )
     if opts.threshold is None and opts.calibration is None:
         raise UsageError("--maps anomalous needs a decision: --calibration or --threshold")
+
+
+# Why set mode refuses an option (WINCLIP.md "Mutual scoring"): its scores depend on the
+# set, so anything that scores part of a set, or decides on a fixed cut, is refused.
+SET_MODE_REFUSES = {
+    "--calibration": "set scores rank the images of one run and are not calibrated (use "
+    "--pool for calibrated mutual scores)",
+    "--threshold": "set scores rank the images of one run: a fixed cut means nothing",
+    "--shard": "a shard is another set, whose scores can't be compared with this one's",
+    "--resume": "a new or changed file changes every score of its set",
+    "--ref": "set mode compares the images with each other, not with references",
+    "--engine ray": "set mode needs every image's features in one place (pool mode, "
+    "--pool, scales out)",
+    "--tiles": "set mode compares whole images (tiles work in pool mode, --pool)",
+}
+
+
+def _set_mode_clashes(opts: RunOptions) -> list[str]:
+    given = {
+        "--calibration": opts.calibration is not None,
+        "--threshold": opts.threshold is not None,
+        "--shard": opts.shard is not None,
+        "--resume": opts.resume,
+        "--ref": opts.ref is not None or opts.require_ref,
+        "--engine ray": opts.engine == "ray",
+        "--tiles": opts.tiles != "1x1",
+    }
+    return [option for option, present in given.items() if present]
+
+
+def check_mutual(opts: RunOptions) -> None:
+    """--mutual (set mode) and --pool (pool mode): what each refuses, with the reason."""
+    if opts.mutual and opts.pool is not None:
+        raise UsageError("--mutual and --pool are two modes of mutual scoring: give one")
+    if "mutual_set" in opts.given and not opts.mutual:
+        raise UsageError("--mutual-set sizes the sets of --mutual: it needs --mutual")
+    if opts.mutual:
+        if opts.mutual_set < 2:
+            raise UsageError("--mutual-set must be at least 2 (an image needs another)")
+        if clashes := _set_mode_clashes(opts):
+            raise UsageError(f"--mutual with {clashes[0]}: {SET_MODE_REFUSES[clashes[0]]}")
+    if opts.save_pool is not None and (opts.pool is None or not opts.pool.is_dir()):
+        raise UsageError("--save-pool needs --pool DIR (a folder of images to build it from)")
+    if opts.pool is None:
+        return
+    if not opts.pool.exists():
+        raise UsageError(f"--pool {opts.pool}: no such folder or pool file")
+    if opts.ref is not None or opts.require_ref or opts.save_bank is not None:
+        raise UsageError(
+            "--pool compares the images with the pool, not with references: drop --ref"
+        )
+    if opts.maps_mode == "anomalous":
+        raise UsageError(
+            "--maps anomalous with --pool: a pool score comes with its map, there is no "
+            "cheaper first pass"
+        )

@@ -39,6 +39,8 @@ from .cli_command_options import (
     ScoresOpt,
     SeedsOpt,
     TitleOpt,
+    calibrate_options,
+    eval_options,
 )
 from .cli_options import (
     BatchOpt,
@@ -46,17 +48,20 @@ from .cli_options import (
     ClassOpt,
     DeviceOpt,
     ModelOpt,
+    MutualOpt,
+    MutualSetOpt,
+    PoolOpt,
     PrecisionOpt,
     PretrainedOpt,
     PromptsOpt,
     QuietOpt,
+    SavePoolOpt,
     TemperatureOpt,
     TileOverlapOpt,
     TilesOpt,
     VerboseOpt,
     WeightsOpt,
     WorkersOpt,
-    model_options,
     run_options,
 )
 from .cli_review import review_app
@@ -96,14 +101,13 @@ from .options import (
     DEFAULT_CLASS,
     DEFAULT_FORMAT,
     DEFAULT_MODEL,
+    DEFAULT_MUTUAL_SET,
     DEFAULT_OUT_DIR,
     DEFAULT_PRECISION,
     DEFAULT_PRETRAINED,
     DEFAULT_SETTLE,
     DEFAULT_TILE_OVERLAP,
     DEFAULT_TILES,
-    CalibrateOptions,
-    EvalOptions,
 )
 from .progress import Reporter
 from .rows import discard_stdout
@@ -227,6 +231,10 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         ray_address: RayAddressOpt = None,
         ray_workers: RayWorkersOpt = None,
         ray_gpus_per_worker: RayGpusPerWorkerOpt = None,
+        mutual: MutualOpt = False,
+        mutual_set: MutualSetOpt = DEFAULT_MUTUAL_SET,
+        pool: PoolOpt = None,
+        save_pool: SavePoolOpt = None,
         model: ModelOpt = DEFAULT_MODEL,
         pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
         weights: WeightsOpt = None,
@@ -270,6 +278,8 @@ def calibrate_command(
     ref: CalRefOpt = None,
     k: CalKOpt = None,
     seed: CalSeedOpt = None,
+    pool: PoolOpt = None,
+    save_pool: SavePoolOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     weights: WeightsOpt = None,
@@ -292,19 +302,7 @@ def calibrate_command(
     """
     from .commands.calibrate import run_calibrate
 
-    options = CalibrateOptions(
-        inputs=list(paths),
-        output=output,
-        class_name=class_name,
-        ref=ref,
-        k=k,
-        seed=seed,
-        batch_size=batch_size,
-        workers=workers,
-        tiles=tiles,
-        tile_overlap=tile_overlap,
-        model=model_options(ctx.params),
-    )
+    options = calibrate_options(ctx.params)
     _run(lambda reporter: run_calibrate(options, reporter), quiet, verbose)
 
 
@@ -321,6 +319,8 @@ def eval_command(
     scores: ScoresOpt = None,
     compare: CompareOpt = None,
     calibrate: CalibrateOpt = None,
+    mutual: MutualOpt = False,
+    pool: PoolOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     weights: WeightsOpt = None,
@@ -340,23 +340,7 @@ def eval_command(
 
     The table goes to stderr; --json and --scores keep every figure.
     """
-    options = EvalOptions(
-        root=root,
-        layout=layout,
-        categories=category,
-        shots=k or [0],
-        seeds=seeds,
-        class_name=class_name,
-        json_path=json_path,
-        scores_path=scores,
-        compare=compare,
-        calibrate=calibrate,
-        batch_size=batch_size,
-        workers=workers,
-        tiles=tiles,
-        tile_overlap=tile_overlap,
-        model=model_options(ctx.params),
-    )
+    options = eval_options(ctx.params)
 
     from .commands.evaluate import eval_with_progress
 

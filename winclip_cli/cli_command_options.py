@@ -4,11 +4,12 @@ like cli_options.py's shared ones."""
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli_options import REF_PANEL, path_arg
+from .cli_options import REF_PANEL, model_options, path_arg
+from .options import CalibrateOptions, EvalOptions
 
 CalPathsOpt = Annotated[
     list[Path],
@@ -226,3 +227,45 @@ FailOnDriftOpt = Annotated[
         help="Exit 1 when the promised false-alarm rate is broken at the 5% level.",
     ),
 ]
+
+
+def calibrate_options(v: dict[str, Any]) -> CalibrateOptions:
+    """The CalibrateOptions of `winclip calibrate`'s parsed parameters."""
+    return CalibrateOptions(
+        inputs=list(v["paths"]),
+        output=v["output"],
+        class_name=v["class_name"],
+        ref=v["ref"],
+        k=v["k"],
+        seed=v["seed"],
+        batch_size=v["batch_size"],
+        workers=v["workers"],
+        tiles=v["tiles"],
+        tile_overlap=v["tile_overlap"],
+        pool=v["pool"],
+        save_pool=v["save_pool"],
+        model=model_options(v),
+    )
+
+
+def eval_options(v: dict[str, Any]) -> EvalOptions:
+    """The EvalOptions of `winclip eval`'s parsed parameters."""
+    return EvalOptions(
+        root=v["root"],
+        layout=v["layout"],
+        categories=v["category"],
+        shots=v["k"] or [0],
+        seeds=v["seeds"],
+        class_name=v["class_name"],
+        json_path=v["json_path"],
+        scores_path=v["scores"],
+        compare=v["compare"],
+        calibrate=v["calibrate"],
+        mutual=v["mutual"],
+        pool=v["pool"],
+        batch_size=v["batch_size"],
+        workers=v["workers"],
+        tiles=v["tiles"],
+        tile_overlap=v["tile_overlap"],
+        model=model_options(v),
+    )

@@ -123,6 +123,46 @@ WorkersOpt = Annotated[
         show_default=False,
     ),
 ]
+MUTUAL_PANEL = "Mutual scoring (no prompts, no references)"
+MutualOpt = Annotated[
+    bool,
+    typer.Option(
+        "--mutual",
+        help="Score the images against each other (MuSc set mode): a patch no other image "
+        "has anything like is anomalous. Scores rank this run's images; not calibrated.",
+        rich_help_panel=MUTUAL_PANEL,
+    ),
+]
+MutualSetOpt = Annotated[
+    int,
+    typer.Option(
+        "--mutual-set",
+        help="With --mutual: at most N images scored together; more are split in input "
+        "order into even sets.",
+        rich_help_panel=MUTUAL_PANEL,
+    ),
+]
+PoolOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--pool",
+        help="Score each image against a pool of unlabelled images of the part (MuSc pool "
+        "mode): a folder, or a file from --save-pool. Calibrates like any other mode.",
+        rich_help_panel=MUTUAL_PANEL,
+        parser=path_arg,
+        show_default=False,
+    ),
+]
+SavePoolOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--save-pool",
+        help="Save the pool built from --pool DIR to FILE, for later --pool FILE.",
+        rich_help_panel=MUTUAL_PANEL,
+        parser=path_arg,
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show tracebacks of internal errors.")]
 
@@ -190,6 +230,10 @@ def run_options(mode: str, params: dict[str, Any], given: frozenset[str]) -> Run
         shard=v["shard"],
         engine=v["engine"],
         ray=RayOptions(v["ray_address"], v["ray_workers"], v["ray_gpus_per_worker"]),
+        mutual=v["mutual"],
+        mutual_set=v["mutual_set"],
+        pool=v["pool"],
+        save_pool=v["save_pool"],
         model=model_options(v),
         given=given,
     )

@@ -35,6 +35,14 @@ class Features:
     windows: dict[int, torch.Tensor]  # scale -> (B, num_windows, D), L2-normalised
 
 
+@dataclass
+class LayerFeatures:
+    """Image embeddings and intermediate patch tokens of one forward pass (all float32)."""
+
+    embedding: torch.Tensor  # (B, D) projected class token, L2-normalised
+    layers: list[torch.Tensor]  # per requested block: (B, num_patches, W) residual stream
+
+
 def _is_plain_block(block: torch.nn.Module) -> bool:
     """True for open_clip's standard ResidualAttentionBlock, which the fast path re-implements."""
     from open_clip.transformer import ResidualAttentionBlock
@@ -307,3 +315,37 @@ class WindowEncoder:
                 patches = F.normalize(self.visual.ln_post(out[:, 1:]).float(), dim=-1)
             wins = {k: self._window_embeddings(tokens, k) for k in self.scales} if windows else {}
         return Features(embedding, patches, wins)
+
+    # ----- intermediate layers (mutual scoring) ---------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks of the visual tower."""
+        return len(self.visual.transformer.resblocks)
+
+    def _run_block(self, index: int, block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One transformer block (the ``index``-th) on batch-first (B, L, W) tokens."""
+        if self.fast_blocks:  # in the run's precision, as _transformer runs it
+            fast = self.blocks[index]
+            return _plain_block_forward(fast, x.to(self.precision.dtype), class_token_only=False)
+        if getattr(self.visual.transformer, "batch_first", True):
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    @torch.inference_mode()
+    def encode_layers(self, x: torch.Tensor, blocks: tuple[int, ...]) -> LayerFeatures:
+        """Image embedding of (B, 3, H, W), and the patch tokens of the residual stream
+        (before ln_post, class token dropped) after each of ``blocks`` (1-based), all
+        from one plain forward pass (no windows)."""
+        if not blocks or min(blocks) < 1 or max(blocks) > self.depth:
+            raise ValueError(f"blocks must lie in 1..{self.depth}, got {blocks}")
+        x = x.to(self.device, non_blocking=True)
+        taps: dict[int, torch.Tensor] = {}
+        with self._autocast():
+            tokens = self._embed_tokens(x.to(self.visual.conv1.weight.dtype))
+            for number, block in enumerate(self.visual.transformer.resblocks, start=1):
+                tokens = self._run_block(number - 1, block, tokens)
+                if number in blocks:
+                    taps[number] = tokens[:, 1:].float()
+            embedding = self._project(tokens[:, 0])
+        return LayerFeatures(embedding, [taps[b] for b in blocks])

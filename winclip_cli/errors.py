@@ -103,3 +103,11 @@ class Interrupted(BaseException):
 
 class FileBusyError(UsageError):
     """Another process holds the rows file (an overlapping run on the same -o FILE)."""
+
+
+class PoolFileError(WinclipError, ValueError):
+    """A mutual-scoring pool file that is unreadable or damaged."""
+
+
+class PoolMismatchError(WinclipError, ValueError):
+    """A mutual-scoring pool made with another model, weights, precision or input size."""

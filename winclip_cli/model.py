@@ -20,7 +20,9 @@ from .encoder import Features, WindowEncoder
 from .errors import BankMismatchError, WeightsUnavailableError
 from .hardware import Precision, mismatch, recorded
 from .imaging import Preprocessor
+from .mutual_scorer import MutualScorer
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_SCALES, ModelOptions
+from .pool import MutualPool
 from .prompts import PromptSet, clean_class_name
 from .scoring import (
     association,
@@ -32,8 +34,17 @@ from .scoring import (
     winclip_plus,
     zero_shot_map,
 )
+from .tiling import TileGrid
 
-__all__ = ["Features", "Prediction", "WinClip", "association", "p_anomalous", "upsample"]
+__all__ = [
+    "Features",
+    "MutualPool",
+    "Prediction",
+    "WinClip",
+    "association",
+    "p_anomalous",
+    "upsample",
+]
 
 
 @dataclass
@@ -82,6 +93,7 @@ class WinClip:
         self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         # A bank checked against this model and moved to its device carries this mark.
         self._bank_mark = f"{backbone.weights_id}:{self.scales}:{self.device}:{self.precision}"
+        self.mutual = MutualScorer(self.encoder, backbone)
 
     @property
     def precision(self) -> str:
@@ -303,3 +315,31 @@ class WinClip:
             grid, scores = winclip_plus(s_img, zero_shot, few_shot)
         grid_maps = grid.view(-1, *self.grid_size).cpu() if maps else None
         return Prediction(scores.cpu(), grid_maps)
+
+    # ----- mutual scoring (MuSc) ----------------------------------------------------
+
+    def predict_mutual(
+        self, x: torch.Tensor, pool: MutualPool | None = None, batch_size: int = 8
+    ) -> Prediction:
+        """Mutual scores and grid maps (WINCLIP.md "Mutual scoring") of (N, 3, H, W)
+        preprocessed images; no text, no references.
+
+        Set mode (``pool=None``, N >= 2): each image against the others, image scores
+        through RsCIN (they rank the images of this set). Pool mode: each image against
+        the pool (minus itself when it is a member), image score = the map's maximum.
+        """
+        self._check_images(x, "predict_mutual")
+        scores, grid = self.mutual.predict(x, pool, batch_size)
+        return Prediction(scores, grid)
+
+    def mutual_pool(
+        self, x: torch.Tensor, batch_size: int = 8, tiles: TileGrid | None = None
+    ) -> MutualPool:
+        """A pool for predict_mutual from (M, 3, H, W) preprocessed unlabelled images of
+        the part (or their tiles, when cut by ``tiles``: the grid is recorded)."""
+        self._check_images(x, "mutual_pool")
+        return self.mutual.make_pool(x, batch_size, tiles)
+
+    def check_pool(self, pool: MutualPool) -> MutualPool:
+        """The pool on this model's device; PoolMismatchError when it does not fit."""
+        return self.mutual.check_pool(pool)

@@ -31,6 +31,7 @@ DEFAULT_TILES = "1x1"  # ROWSxCOLUMNS; 1x1 is the untiled run
 DEFAULT_TILE_OVERLAP = 0.25
 OVERLAY_FORMATS = ("png", "jpg")
 MAP_DTYPES = ("float32", "float16")
+DEFAULT_MUTUAL_SET = 200  # --mutual: images scored against each other at once, at most
 
 
 def default_workers() -> int:
@@ -107,6 +108,10 @@ class RunOptions:
     shard: str | None = None  # "I/N": the I-th of N contiguous parts of the inputs
     engine: str = "local"
     ray: RayOptions = field(default_factory=RayOptions)
+    mutual: bool = False  # --mutual: set mode of mutual scoring (WINCLIP.md)
+    mutual_set: int = DEFAULT_MUTUAL_SET  # --mutual-set: at most this many images per set
+    pool: Path | None = None  # --pool DIR|FILE: pool mode of mutual scoring
+    save_pool: Path | None = None  # --save-pool FILE: keep the pool built from --pool DIR
     model: ModelOptions = field(default_factory=ModelOptions)
     # Options the user typed (CLI parameter names), so a calibration's settings can fill
     # the others and refuse only real contradictions.
@@ -137,6 +142,8 @@ class CalibrateOptions:
     workers: int | None = None
     tiles: str = DEFAULT_TILES
     tile_overlap: float = DEFAULT_TILE_OVERLAP
+    pool: Path | None = None  # --pool DIR|FILE: calibrate pool mode
+    save_pool: Path | None = None
     model: ModelOptions = field(default_factory=ModelOptions)
 
 
@@ -154,6 +161,8 @@ class EvalOptions:
     scores_path: Path | None = None
     compare: str | None = None  # 'paper'
     calibrate: float | None = None  # --calibrate A: false-alarm rate from train/good
+    mutual: bool = False  # --mutual: set mode, each category's test set one set
+    pool: Path | None = None  # --pool DIR|FILE: pool mode against one fixed pool
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     tiles: str = DEFAULT_TILES

@@ -27,6 +27,8 @@ from .interrupts import interruptible
 from .manifest import refuse_other_weights
 from .model import WinClip
 from .planning import Plan
+from .pool import MutualPool
+from .pool_source import build_pool
 from .progress import Reporter
 from .reportsink import ReportSink
 from .rowsink import RowSink, Tally
@@ -55,12 +57,13 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         if report is not None:
             report.write(reporter, incomplete=False)
         return tally.exit_code(opts.fail_on_anomaly)
-    if p.done and not p.todo and opts.save_bank is None:  # nothing left: no model needed
+    saves = opts.save_bank is not None or opts.save_pool is not None  # a bank or pool to keep
+    if p.done and not p.todo and not saves:  # nothing left: no model needed
         if resumed.manifest is not None and resumed.recorded_weights is not None:
             resumed.manifest.weights = resumed.recorded_weights  # new identities, same run
             resumed.manifest.write(p.rows_file.path)  # type: ignore[union-attr]
         return tally.exit_code(opts.fail_on_anomaly)
-    if not p.todo and not p.done and opts.save_bank is None:  # every input still settling
+    if not p.todo and not p.done and not saves:  # every input still settling
         return tally.exit_code(opts.fail_on_anomaly)
     with interruptible() as section:
         try:
@@ -133,8 +136,11 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
     wc = model or WinClip.from_options(m, p.prompts)
     source = wc.backbone.source or "given"
     reporter.stage(f"model loaded: {wc.backbone.model_name} ({source}); {wc.precision_reason}")
-    text = wc.text_embeddings(opts.class_name)
-    reporter.stage(f"text embeddings for {opts.class_name!r}: {wc.text_source}")
+    if opts.mutual or opts.pool is not None:  # mutual scoring reads no text
+        text = torch.zeros(2, wc.embed_dim)
+    else:
+        text = wc.text_embeddings(opts.class_name)
+        reporter.stage(f"text embeddings for {opts.class_name!r}: {wc.text_source}")
     refs, bank = p.references, None
     if refs.bank is not None:
         try:
@@ -159,11 +165,25 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
         if refs.save_to is not None:
             save_bank(bank, refs.save_to)
             reporter.info(f"reference bank saved to {refs.save_to}")
+    pool = load_pool(p, wc, reporter)
     if p.calibration is not None and opts.calibration is not None:
-        grid = p.grid
-        settings = fingerprint(wc, opts.class_name, bank, grid)
+        settings = fingerprint(wc, opts.class_name, bank, p.grid, pool)
         check_loaded(p.calibration, opts.calibration, settings)
-    return Scorer(wc, text, bank, maps=opts.maps)
+    return Scorer(wc, text, bank, maps=opts.maps, pool=pool)
+
+
+def load_pool(p: Plan, wc: WinClip, reporter: Reporter) -> MutualPool | None:
+    """Pool mode's pool: the --pool file's, or one built from the --pool folder."""
+    planned = p.pool
+    if planned.source is None:
+        return None
+    pool = build_pool(planned, wc, p.grid, p.opts.batch_size, reporter.warn)
+    assert pool is not None
+    how = "loaded from" if planned.pool is not None else "built from"
+    reporter.stage(f"pool of {pool.num_images} image(s) {how} {planned.source}")
+    if planned.save_to is not None:
+        reporter.info(f"pool saved to {planned.save_to}")
+    return pool
 
 
 def reference_pixels(wc: WinClip, paths: list[Path], grid: TileGrid) -> torch.Tensor:

@@ -37,6 +37,7 @@ from .options import (
 )
 from .outputs import OverlayStyle, output_name
 from .paths import check_out_dir, check_writable_file, is_within, refuse_overwriting
+from .pool_source import PoolSource, check_calibration_pool, outside_pool, plan_pool
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
@@ -119,6 +120,7 @@ class Plan:
     engine: EngineSpec  # the engine and its settings: tile grid, workers, batch size
     calibration: Calibration | None = None  # --calibration: its settings apply
     resume: Resumed = field(default_factory=lambda: Resumed())
+    pool: PoolSource = field(default_factory=PoolSource)  # --pool: mutual scoring's pool
 
     @property
     def grid(self) -> TileGrid:
@@ -223,6 +225,7 @@ def _check_not_clobbering(
         ("-o", output),
         ("--save-bank", opts.save_bank),
         ("--report", opts.report),
+        ("--save-pool", opts.save_pool),
     ]
     named = [(option, os.path.abspath(t)) for option, t in targets if t is not None]
     for i, (option, name) in enumerate(named):
@@ -230,7 +233,7 @@ def _check_not_clobbering(
             raise UsageError(f"{same} and {option} name the same file")
     m = opts.model
     files = [x.path for x in (*images, *refs)]
-    files += [p for p in (opts.ref, m.weights, prompt_file(m)) if p is not None]
+    files += [p for p in (opts.ref, opts.pool, m.weights, prompt_file(m)) if p is not None]
     folders = [Path(m.model[len(LOCAL_DIR) :])] if m.model.startswith(LOCAL_DIR) else []
     for option, target in targets:
         refuse_overwriting(option, target, files, folders)
@@ -270,6 +273,7 @@ def engine_spec(
         maps_only_anomalous=opts.maps_mode == "anomalous",
         rule=rule,
         ray=opts.ray,
+        mutual_set=opts.mutual_set if opts.mutual else None,
     )
 
 
@@ -279,8 +283,10 @@ def plan(opts: RunOptions) -> Plan:
     prompts = check_model_options(opts.model)
     cal = None
     if opts.calibration is not None:
-        cal = load_for_run(opts.calibration)
+        source = opts.calibration
+        cal = load_for_run(source)
         opts, prompts = apply_to_options(opts, cal)
+        check_calibration_pool(cal.settings.get("pool"), opts.pool, source)
     refs = plan_references(opts)
     opts = adopt_bank_precision(opts, refs.bank)
     if cal is not None:
@@ -295,6 +301,7 @@ def plan(opts: RunOptions) -> Plan:
         check_writable_file(opts.report)
     if opts.maps:
         check_out_dir(opts.out_dir)
+    pool = plan_pool(opts.pool, opts.save_pool, tile_grid(opts.tiles, opts.tile_overlap))
     images = _find_inputs(opts)
     if opts.shard is not None:  # after the walk and sort: the same cut in every job
         images = shard_of(images, *parse_shard(opts.shard))
@@ -314,19 +321,20 @@ def plan(opts: RunOptions) -> Plan:
     )
     spec = engine_spec(opts, prompts, rule)
     if opts.output is None or opts.to_stdout:
-        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal)
+        return Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal, pool=pool)
     output = Path(opts.output)
     check_writable_file(output)
     rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
     try:
         ref_images = [im.path for im in refs.images]
-        facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal)
+        facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal, pool.identity())
         settings = run_settings(facts)
         done, todo, resumed = prepare(opts, images, cols, rule, settings, rows_file, unrecorded())
     except BaseException:
         rows_file.release()
         raise
-    return Plan(opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    args = (opts, images, todo, done, prompts, refs, cols, rule, rows_file, spec, cal, resumed)
+    return Plan(*args, pool=pool)
 
 
 def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
@@ -345,21 +353,28 @@ def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
         output=str(opts.output),
         tiles=opts.tiles,
         tile_overlap=opts.tile_overlap,
+        pool=opts.pool,
+        save_pool=opts.save_pool,
         model=opts.model,
     )
     check_numbers(run)
     prompts = check_model_options(run.model)
     refs = plan_references(run)
     check_writable_file(opts.output)
+    pool = plan_pool(opts.pool, opts.save_pool, tile_grid(opts.tiles, opts.tile_overlap))
     try:
         found = find_images(opts.inputs)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     protected = [im.path for im in (*found, *refs.images)]
-    protected += [p for p in (opts.ref, opts.model.weights, prompt_file(opts.model)) if p]
-    refuse_overwriting("-o", opts.output, protected)
+    read = (opts.ref, opts.pool, opts.model.weights, prompt_file(opts.model))
+    protected += [p for p in read if p is not None]
+    for option, target in (("-o", opts.output), ("--save-pool", opts.save_pool)):
+        refuse_overwriting(option, target, protected)
     images, left_out = calibration_images(found, refs.images)
+    images, in_pool = outside_pool(images, pool)
     if not images:
-        raise UsageError("no known-good images left to calibrate on (all are references?)")
+        raise UsageError("no known-good images left to calibrate on (all references or pool?)")
     spec = engine_spec(run, prompts)
-    return Plan(run, images, images, {}, prompts, refs, [], None, None, spec), left_out
+    calibrating = Plan(run, images, images, {}, prompts, refs, [], None, None, spec, pool=pool)
+    return calibrating, left_out + in_pool

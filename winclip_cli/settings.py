@@ -23,6 +23,7 @@ from .errors import CalibrationError, UsageError
 from .hardware import mismatch, recorded, resolve
 from .manifest import digest_of, file_identity
 from .options import DEFAULT_FALSE_ALARM_RATE, DEFAULT_SCALES, LOCAL_DIR, RunOptions
+from .pool import MutualPool, pool_fingerprint
 from .prompts import PromptSet, clean_class_name, resolve_prompts
 from .tiling import TileGrid
 
@@ -40,6 +41,7 @@ class RunFacts:
     ref_images: list[Path]  # --ref FOLDER: the K images picked
     cols: list[str]
     calibration: Calibration | None
+    pool: str | None = None  # --pool: the pool's identity (pool_source.PoolSource)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ModelFacts:
     class_name: str
     bank: ReferenceBank | None
     grid: TileGrid
+    pool: MutualPool | None = None  # pool mode's pool
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ def _bank_fingerprint(bank: ReferenceBank | None, images: list[Path]) -> str | N
     return None
 
 
+def _pool_identity(pool: MutualPool | None) -> str | None:
+    return None if pool is None else pool_fingerprint(pool)
+
+
 def _model_name(model: str) -> str:
     # `local-dir:x` and `local-dir:./x/` are one model.
     if model.startswith(LOCAL_DIR):
@@ -153,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("scales", lambda r: list(DEFAULT_SCALES), "scales", lambda m: list(m.wc.scales)),
     Setting("--model", None, "input_size", lambda m: list(m.wc.input_size)),
+    # Before "mode": a pool calibration used without --pool is refused naming --pool.
+    Setting("--pool", lambda r: r.pool, "pool", lambda m: _pool_identity(m.pool)),
+    Setting("--mutual", lambda r: r.opts.mutual_set if r.opts.mutual else None),
     Setting("--ref", None, "mode", lambda m: "zero-shot" if m.bank is None else "few-shot"),
     Setting("--k", _k, "k", lambda m: 0 if m.bank is None else int(m.bank.num_images)),
     # Runs before precision was recorded computed in the CLI's default then, fp32.
@@ -214,15 +224,22 @@ def adopt_bank_precision(opts: RunOptions, bank: ReferenceBank | None) -> RunOpt
 
 
 def fingerprint(
-    wc: WinClip, class_name: str, bank: ReferenceBank | None, grid: TileGrid
+    wc: WinClip,
+    class_name: str,
+    bank: ReferenceBank | None,
+    grid: TileGrid,
+    pool: MutualPool | None = None,
 ) -> dict[str, Any]:
     """The settings a calibration is valid for: everything that moves the scores."""
-    facts = ModelFacts(wc, class_name, bank, grid)
-    return {
+    facts = ModelFacts(wc, class_name, bank, grid, pool)
+    settings = {
         s.calibration_key: s.in_calibration(facts)
         for s in SETTINGS
         if s.calibration_key is not None and s.in_calibration is not None
     }
+    if pool is None:  # calibrations made without a pool record no such key
+        del settings["pool"]
+    return settings
 
 
 def check_loaded(cal: Calibration, source: Path, current: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ settings.py's.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import closing
 
 import numpy as np
@@ -35,7 +36,9 @@ def run_calibrate(
     maxima: list[float] = []
     names: list[str] = []
     with engine_session(p.engine):
-        scorer = load_scorer(p, reporter, model)
+        # A pool member would match itself: refused per image (by its pixels), besides the
+        # files planning left out (by their bytes).
+        scorer = dataclasses.replace(load_scorer(p, reporter, model), refuse_pool_members=True)
         engine = build_engine(p.engine, scorer, reporter.warn)
         with closing(scored(p.todo, engine, reporter, "calibrating")) as pairs:
             for image, result in pairs:
@@ -47,7 +50,7 @@ def run_calibrate(
                 names.append(image.display)
     if not scores:
         raise UsageError("none of the known-good images could be read: nothing to calibrate")
-    settings = fingerprint(scorer.model, opts.class_name, scorer.bank, p.grid)
+    settings = fingerprint(scorer.model, opts.class_name, scorer.bank, p.grid, scorer.pool)
     cal = Calibration(settings, np.asarray(scores), np.asarray(maxima), scorer.bank, names)
     save_calibration(cal, opts.output)
     reporter.info(f"calibration written to {opts.output}; {supported_rates(cal.n)}")

@@ -26,6 +26,7 @@ from ..model import WinClip
 from ..options import ModelOptions
 from ..outputs import full_map
 from ..pipeline import reference_pixels
+from ..pool import MutualPool
 from ..references import calibration_images, pick_references
 from ..scoring import upsample
 from ..tiling import TileGrid, TileGridError
@@ -107,13 +108,16 @@ class EvalEngine:
     batch_size: int
     workers: int
     grid: TileGrid = field(default_factory=TileGrid)
+    pool: MutualPool | None = None  # --pool: mutual scoring against it
+    mutual_set: int | None = None  # --mutual: the category's test set as one set
 
     def with_bank(self, bank: ReferenceBank | None) -> Engine:
-        scorer = Scorer(self.wc, self.text, bank, maps=True)
+        scorer = Scorer(self.wc, self.text, bank, maps=True, pool=self.pool)
         warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
         spec = EngineSpec(
-            "local", self.batch_size, self.workers, self.grid, ModelOptions(), self.wc.prompts
-        )
+            "local", self.batch_size, self.workers, self.grid, ModelOptions(), self.wc.prompts,
+            mutual_set=self.mutual_set,
+        )  # fmt: skip
         return build_engine(spec, scorer, warn)
 
     def bank(self, refs: list[Path]) -> ReferenceBank | None:

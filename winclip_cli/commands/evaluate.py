@@ -8,9 +8,12 @@ published figures in paper.py. No CLI framework is imported here.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
+
+import torch
 
 from ..calibration import conformal_rank
 from ..checks import check_class_name, check_model_options, prompt_file, tile_grid
@@ -21,6 +24,8 @@ from ..metrics import DEFAULT_BINS
 from ..model import WinClip
 from ..options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
 from ..paths import check_writable_file, refuse_overwriting
+from ..pool import MutualPool
+from ..pool_source import PoolSource, build_pool, plan_pool
 from ..progress import Reporter
 from ..prompts import PromptSet
 from ..tiling import TileGrid
@@ -84,6 +89,8 @@ def run_evaluation(
     table_stream: IO[str] | None = None,
     progress: Callable[[EvalProgress], None] | None = None,
     calibrate: float | None = None,
+    mutual: bool = False,
+    pool: MutualPool | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``wc`` on a labelled dataset tree and return the JSON-able results.
 
@@ -101,7 +108,8 @@ def run_evaluation(
     an EvalProgress after every test batch; ``calibrate`` a false-alarm rate A: each run
     also calibrates on train/good minus its references and reports ``far`` (realised
     false-alarm rate on test/good), ``tpr`` (detection rate on the defects), ``threshold``
-    (c_(k)) and ``n_cal``.
+    (c_(k)) and ``n_cal``. ``mutual``: MuSc set mode, each category's test set one set;
+    ``pool``: MuSc pool mode, every test image against it (both zero-shot: k = 0 only).
 
     Results: ``categories[name]["shots"][str(k)]`` = {"mean", "std", "runs"} and
     ``mean[str(k)]`` = {"mean", "std"} (over categories, then over seeds), each metric a
@@ -116,6 +124,7 @@ def run_evaluation(
     results: dict[str, Any] = {
         "dataset": {"root": str(root), "layout": found[0].layout},
         "model": model_info(wc),
+        "mode": "mutual-set" if mutual else "mutual-pool" if pool is not None else "winclip",
         "shots": shot_list,
         "seeds": seed_list,
         "bins": bins,
@@ -125,8 +134,7 @@ def run_evaluation(
     results["dataset"]["categories"] = [d.name for d in found]
     with scores_writer(scores_path) as rows:
         for i, data in enumerate(found):
-            text = wc.text_embeddings(class_name or data.name)
-            engine = EvalEngine(wc, text, batch_size, workers, grid or TileGrid())
+            engine = _category_engine(wc, data, class_name, batch_size, workers, grid, pool, mutual)
             counts = (i * per_category, len(found) * per_category)
             results["categories"][data.name] = _evaluate_category(
                 engine, data, class_name, (shot_list, seed_list), counts, bins, rows, root,
@@ -136,6 +144,25 @@ def run_evaluation(
         results["mean"][str(k)] = overall(results["categories"], k, seeds_for(k, seed_list))
     publish(results, compare, table_stream, json_path)
     return results
+
+
+def _category_engine(
+    wc: WinClip,
+    data: CategoryData,
+    class_name: str | None,
+    batch_size: int,
+    workers: int,
+    grid: TileGrid | None,
+    pool: MutualPool | None,
+    mutual: bool,
+) -> EvalEngine:
+    """The engine of one category: WinCLIP with its text, or mutual scoring (no text)."""
+    if not mutual and pool is None:
+        text = wc.text_embeddings(class_name or data.name)
+    else:
+        text = torch.zeros(2, wc.embed_dim)
+    set_size = max(2, len(data.test)) if mutual else None  # the test set is one set
+    return EvalEngine(wc, text, batch_size, workers, grid or TileGrid(), pool, set_size)
 
 
 def _categories(
@@ -207,6 +234,7 @@ def check_eval_options(opts: EvalOptions) -> PromptSet:
     if opts.class_name is not None:
         check_class_name(opts.class_name)
     tile_grid(opts.tiles, opts.tile_overlap)
+    _check_mutual_eval(opts)
     inputs = [p for p in (opts.model.weights, prompt_file(opts.model)) if p is not None]
     for option, path in (("--json", opts.json_path), ("--scores", opts.scores_path)):
         if path is not None and str(path) != "-":
@@ -223,6 +251,29 @@ def check_eval_options(opts: EvalOptions) -> PromptSet:
     return prompts
 
 
+def _check_mutual_eval(opts: EvalOptions) -> None:
+    """--mutual and --pool: zero-shot modes (no --k); set scores are not calibrated."""
+    if not (opts.mutual or opts.pool is not None):
+        return
+    if opts.mutual and opts.pool is not None:
+        raise UsageError("--mutual and --pool are two modes of mutual scoring: give one")
+    if any(opts.shots):
+        raise UsageError("mutual scoring uses no references: --k must be 0 (the default)")
+    if opts.mutual and opts.calibrate is not None:
+        raise UsageError("--mutual with --calibrate: set scores rank one set, not calibrated")
+    if opts.mutual and opts.tiles != "1x1":
+        raise UsageError("--mutual with --tiles: set mode compares whole images")
+    if opts.pool is not None and not opts.pool.exists():
+        raise UsageError(f"--pool {opts.pool}: no such folder or pool file")
+
+
+def _eval_pool(planned: PoolSource, opts: EvalOptions, wc: WinClip) -> MutualPool | None:
+    """--pool's pool on the loaded model (a file checked, or a folder's images built)."""
+    grid = TileGrid.parse(opts.tiles, opts.tile_overlap)
+    warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
+    return build_pool(planned, wc, grid, opts.batch_size, warn)
+
+
 def evaluate_command(
     opts: EvalOptions,
     table_stream: IO[str] | None = None,
@@ -231,6 +282,8 @@ def evaluate_command(
     """`winclip eval`: check, load the model, evaluate; returns the exit code."""
 
     prompts = check_eval_options(opts)  # before paying for the model
+    # A pool file is read and checked before the model, too.
+    planned = plan_pool(opts.pool, None, TileGrid.parse(opts.tiles, opts.tile_overlap))
     wc = WinClip.from_options(opts.model, prompts)
     run_evaluation(
         wc,
@@ -249,6 +302,8 @@ def evaluate_command(
         table_stream=table_stream,
         progress=progress,
         calibrate=opts.calibrate,
+        mutual=opts.mutual,
+        pool=_eval_pool(planned, opts, wc),
     )
     return ExitCode.OK
 

@@ -88,3 +88,4 @@ class EngineSpec:
     maps_only_anomalous: bool = False  # --maps anomalous: a second pass for those
     rule: DecisionRule | None = None  # what "anomalous" means for that pass
     ray: RayOptions = field(default_factory=RayOptions)
+    mutual_set: int | None = None  # --mutual: set mode in sets of at most this many

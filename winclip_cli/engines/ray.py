@@ -34,6 +34,7 @@ from ..bank import bank_payload
 from ..errors import ClusterError, MissingDependencyError, UsageError
 from ..hardware import resolve
 from ..options import DEFAULT_RAY_WORKERS, LOCAL_DIR, ModelOptions, RunOptions
+from ..pool import pool_payload
 from . import EngineSpec, ImageResult
 from .ray_actor import Predictor
 from .scorer import Scorer
@@ -168,6 +169,7 @@ class RayEngine:
             "prompts": spec.prompts,
             "text": scorer.text.detach().float().cpu(),
             "bank": None if scorer.bank is None else bank_payload(scorer.bank),
+            "pool": None if scorer.pool is None else pool_payload(scorer.pool),
             "maps": scorer.maps,
             "grid": spec.grid,
             "hooks": {k: os.environ[k] for k in HOOKS if k in os.environ},

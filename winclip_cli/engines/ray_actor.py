@@ -18,6 +18,7 @@ import torch
 from ..bank import bank_from_payload
 from ..data import InputImage
 from ..model import WinClip
+from ..pool import pool_from_payload
 from ..tiling import TileGrid
 from . import ImageResult
 from .local import LocalEngine
@@ -28,8 +29,8 @@ class Predictor:
     """A Ray Data callable class: one model per actor, loaded once.
 
     ``setup``: the run's ModelOptions (absolute paths), PromptSet, text embeddings, bank
-    payload (or None), whether maps are made, and test hooks. A model that can't be
-    loaded is reported in the ``fatal`` column of every row (the driver stops the run
+    and pool payloads (or None), whether maps are made, and test hooks. A model that can't
+    be loaded is reported in the ``fatal`` column of every row (the driver stops the run
     with exit 4), not raised: a constructor that raises would leave Ray retrying it.
     """
 
@@ -51,10 +52,12 @@ class Predictor:
         wc = WinClip.from_options(setup["model"], setup["prompts"])
         payload = setup["bank"]
         bank = None if payload is None else wc.check_bank(bank_from_payload(payload, "bank"))
+        pooled = setup.get("pool")
+        pool = None if pooled is None else wc.check_pool(pool_from_payload(pooled, "pool"))
         text = setup["text"].to(wc.device)
         self.grid_size = tuple(wc.grid_size)
         # The local engine's own loop, on one batch at a time, decoding in this actor.
-        scorer = Scorer(wc, text, bank, self.maps)
+        scorer = Scorer(wc, text, bank, self.maps, pool)
         # The upsampled-tiles warning is the driver's to give; here it would be lost.
         return lambda size: LocalEngine(scorer, size, 0, self.grid, lambda _message: None)
 

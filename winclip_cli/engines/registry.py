@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..options import RunOptions
-from . import Engine, EngineSpec, local, ray
+from . import Engine, EngineSpec, local, mutual_set, ray
 from .anomalous import AnomalousMapsEngine
 from .scorer import Scorer
 
@@ -54,6 +54,8 @@ def build_engine(spec: EngineSpec, scorer: Scorer, warn: Callable[[str], None]) 
     """The engine of ``spec`` (inside engine_session); with --maps anomalous, that engine
     twice: without maps for every image, with maps for the anomalous ones."""
     build = ENGINES[spec.name].build
+    if spec.mutual_set is not None:  # set mode: its own engine (planning refused ray)
+        build = mutual_set.build
     if not spec.maps_only_anomalous:
         return build(spec, scorer, warn)
     if scorer.bank is not None or spec.rule is None:

@@ -9,8 +9,11 @@ import torch
 
 from ..bank import ReferenceBank
 from ..model import WinClip
+from ..pool import MutualPool, input_digests
 from ..tiling import Box, combine_scores
 from . import NOT_FINITE, ImageResult, checked_result
+
+IN_POOL = "in the --pool: a calibration image must not be a pool member (it matches itself)"
 
 
 @dataclass
@@ -23,13 +26,31 @@ class Scorer:
     text: torch.Tensor
     bank: ReferenceBank | None
     maps: bool
+    pool: MutualPool | None = None  # pool mode of mutual scoring: scored against it
+    refuse_pool_members: bool = False  # calibrate: a pool member is an error, not a score
 
     def predict(self, pixels: torch.Tensor) -> list[ImageResult]:
         """Results for a batch of preprocessed images (B, 3, H, W)."""
+        if self.pool is not None:
+            return self._predict_mutual(pixels, self.pool)
         out = self.model.predict(pixels, text=self.text, bank=self.bank, maps=self.maps)
         grids = out.grid_maps
         return [
             checked_result(float(score), None if grids is None else grids[j])
+            for j, score in enumerate(out.image_scores.tolist())
+        ]
+
+    def _predict_mutual(self, pixels: torch.Tensor, pool: MutualPool) -> list[ImageResult]:
+        out = self.model.predict_mutual(pixels, pool, batch_size=max(1, len(pixels)))
+        grids = out.grid_maps
+        assert grids is not None  # mutual scores always come with their maps
+        members = torch.zeros(len(pixels), dtype=torch.bool)
+        if self.refuse_pool_members:
+            members = pool.excluded(input_digests(pixels)).any(dim=1).cpu()
+        return [
+            ImageResult(None, None, IN_POOL)
+            if members[j]
+            else checked_result(float(score), grids[j] if self.maps else None)
             for j, score in enumerate(out.image_scores.tolist())
         ]
 
