@@ -411,7 +411,7 @@ def corrupt(path, payload_edit):
         ("lengths", "map maxima for"),
         ("images", "image names for"),
         ("settings_json", "damaged calibration file"),
-        ("scores_float32_2d", "damaged calibration file (scores)"),
+        ("scores_float32_2d", "damaged calibration file: field scores"),
         ("no_scores", "damaged calibration file"),
         ("bank_damaged", "damaged reference bank"),
         ("missing", "not found"),

@@ -806,7 +806,7 @@ def test_an_overlay_may_not_overwrite_an_input_file(tmp_path):
     before = (folder / "a.png.png").read_bytes()
     files = [str(folder / "a.png"), str(folder / "a.png.png")]
     args = ["segment", *files, "--model", BAD_MODEL, "--out", str(folder)]
-    assert_usage_error(invoke(args, tmp_path), "would overwrite the input")
+    assert_usage_error(invoke(args, tmp_path), "would overwrite an input")
     assert (folder / "a.png.png").read_bytes() == before
 
 

@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import COUNT, WEIRD, command, count_rows, env_for, invoke, is_stage
-from winclip_cli.rows import Row, RowsFile, RowWriter, columns, read_finished_rows
+from winclip_cli.rows import Row, RowWriter, columns, read_finished_rows
+from winclip_cli.rows_file import RowsFile
 
 COLUMNS = ["path", "score", "map_max", "overlay", "status", "error"]
 
@@ -146,9 +147,9 @@ def test_interrupt_then_resume(dataset, model_dir, reference, tmp_path, fmt, sig
 CUT_HANDSHAKE = """
 import os, socket, sys
 from multiprocessing import resource_sharer
-from winclip_cli.data import _init_worker
+from winclip_cli.workers import init_worker
 if sys.argv[1] == "worker":
-    _init_worker(0)
+    init_worker(0)
 read_end, _ = os.pipe()
 resource_sharer.DupFd(read_end)  # starts the sharer's listening thread
 peer = socket.socket(socket.AF_UNIX)
@@ -507,12 +508,12 @@ def test_a_filesystem_without_locks_still_gets_its_rows(few, model_dir, tmp_path
     """NFS without lockd says ENOLCK: that is not "another run", the run goes on."""
     import errno
 
-    from winclip_cli import rows
+    from winclip_cli import rows_file
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(rows.fcntl, "flock", no_locks)
+    monkeypatch.setattr(rows_file.fcntl, "flock", no_locks)
     rows = tmp_path / "rows.csv"
     code, stderr = invoke(["score", str(few), "--model", model_dir, "-o", str(rows)], tmp_path)
     assert code == 0, stderr

@@ -23,7 +23,7 @@ from winclip_cli.options import (
 )
 from winclip_cli.planning import plan, plan_calibration
 from winclip_cli.prompts import resolve_prompts
-from winclip_cli.rows import RowsFile
+from winclip_cli.rows_file import RowsFile
 from winclip_cli.settings import SETTINGS, RunFacts, Setting, run_settings
 from winclip_cli.tiling import TileGrid
 

@@ -356,7 +356,7 @@ def test_empty_rows_file_says_no_rows(tmp_path):
 
 def test_report_never_replaces_its_rows_file(run_dir):
     before = (run_dir / "rows.csv").read_bytes()
-    with pytest.raises(UsageError, match="would replace its rows file"):
+    with pytest.raises(UsageError, match="would overwrite an input: the rows file"):
         build_report([run_dir / "rows.csv"], run_dir / "rows.csv")
     assert (run_dir / "rows.csv").read_bytes() == before
 

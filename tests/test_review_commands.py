@@ -135,7 +135,7 @@ def test_a_calibrated_run_then_stats_and_apply_with_the_calibrations_own_model(
         (["--false-alarm-rate", "0.1"], "--false-alarm-rate applies to --into calibration"),
         (["--root", "nope"], "--root nope: no such folder"),
         (["--into", "both"], "--into 'both': use bank or calibration"),
-        (["-o", "zero.cal"], "would replace zero.cal"),
+        (["-o", "zero.cal"], "would overwrite an input: the --calibration file zero.cal"),
     ]:
         args = ["apply", verdicts, "--calibration", "zero.cal", "-o", "x.cal", *extra]
         outcome = review(*args)

@@ -16,9 +16,8 @@ import torch
 
 from .atomic import atomic_write
 from .errors import BankFileError
-
-BANK_FORMAT = "winclip-reference-bank"
-BANK_VERSION = 1
+from .payloads import BANK_FORMAT, BANK_VERSION, BankFile
+from .schemas import check
 
 
 @dataclass
@@ -65,15 +64,9 @@ def bank_from_payload(payload: Any, where: str) -> ReferenceBank:
         raise BankFileError(f"{where} is not a winclip reference bank file")
     if payload.get("version") != BANK_VERSION:
         raise BankFileError(f"{where}: bank format version {payload.get('version')} unsupported")
-    try:
-        windows = {int(k): v for k, v in payload["windows"].items()}
-        bank = ReferenceBank(payload["patch_tokens"], windows, dict(payload["meta"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BankFileError(f"{where}: damaged reference bank file") from exc
-    tensors = [bank.patch_tokens, *bank.windows.values()]
-    if not all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in tensors):
-        raise BankFileError(f"{where}: damaged reference bank file")
-    return bank
+    checked = check(BankFile, payload, where, BankFileError)
+    windows = {int(k): v for k, v in checked.windows.items()}
+    return ReferenceBank(checked.patch_tokens, windows, dict(payload["meta"]))
 
 
 def save_bank(bank: ReferenceBank, path: str | os.PathLike[str]) -> None:

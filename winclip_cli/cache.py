@@ -6,14 +6,16 @@ and checked on reading: a corrupt or mismatched entry is never trusted.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
-import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import torch
 
 from .atomic import atomic_write
@@ -22,15 +24,32 @@ CACHE_ENV = "WINCLIP_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    """$WINCLIP_CACHE_DIR, else the platform's per-user cache folder + /winclip."""
+    """$WINCLIP_CACHE_DIR, else the platform's per-user cache folder for winclip
+    (platformdirs: $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS,
+    %LOCALAPPDATA% on Windows).
+
+    A home folder that does not exist (a service account with HOME=/nonexistent) is not
+    created: the cache goes to a private folder under the system's temporary folder, and
+    a warning says where."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-        return base / "winclip" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "winclip"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "winclip"
+    folder = Path(platformdirs.user_cache_dir("winclip", appauthor=False))
+    home = Path(os.path.expanduser("~"))
+    if home.is_dir() or not folder.is_relative_to(home):
+        return folder
+    fallback = Path(tempfile.gettempdir()) / f"winclip-cache-{_user_id()}"
+    warnings.warn(
+        f"the home folder {home} does not exist: text embeddings are cached in {fallback} "
+        f"(set {CACHE_ENV} to choose the folder)",
+        stacklevel=2,
+    )
+    return fallback
+
+
+def _user_id() -> str:
+    """Who the cache is for, in a folder name (a shared temporary folder holds others')."""
+    getuid = getattr(os, "getuid", None)
+    return str(getuid()) if getuid is not None else getpass.getuser()
 
 
 class TextEmbeddingCache:

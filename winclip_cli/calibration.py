@@ -25,12 +25,17 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .bank import BANK_FORMAT, ReferenceBank, bank_from_payload, bank_payload
+from .bank import ReferenceBank, bank_from_payload, bank_payload
 from .errors import BankFileError, CalibrationError
 from .hardware import RESOLVED, UNRECORDED
-
-CALIBRATION_FORMAT = "winclip-calibration"
-CALIBRATION_VERSION = 1
+from .payloads import (
+    BANK_FORMAT,
+    CALIBRATION_FORMAT,
+    CALIBRATION_VERSION,
+    CalibrationFile,
+    CalibrationSettings,
+)
+from .schemas import check
 
 # Rates are read as the fraction with a denominator up to this that rounds to the given
 # float, when there is one (see _exact_rate).
@@ -235,9 +240,9 @@ class Calibration:
 
 def _bank_from_payload(payload: Any, where: str) -> ReferenceBank:
     try:
-        return bank_from_payload(payload, where)
+        return bank_from_payload(payload, f"{where}: its bank")
     except BankFileError as exc:
-        raise CalibrationError(f"{where}: damaged reference bank in the calibration file") from exc
+        raise CalibrationError(f"damaged reference bank in the calibration file: {exc}") from exc
 
 
 def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
@@ -261,12 +266,6 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
-def _scores_from(value: Any, what: str, where: str) -> np.ndarray:
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.ndim != 1:
-        raise CalibrationError(f"{where}: damaged calibration file ({what})")
-    return value.to(torch.float64).numpy()
-
-
 def load_calibration(path: str | os.PathLike[str]) -> Calibration:
     """Read a file written by save_calibration; CalibrationError when it is not a good one."""
     path = Path(path)
@@ -288,26 +287,21 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
             f"{where}: calibration format version {payload.get('version')!r} unsupported "
             f"(this winclip reads version {CALIBRATION_VERSION})"
         )
+    damaged = f"{where}: damaged calibration file"
+    checked = check(CalibrationFile, payload, damaged, CalibrationError)
     try:
-        settings = json.loads(payload["settings"])
-        scores = _scores_from(payload["scores"], "scores", where)
-        maxima = payload["map_maxima"]
-        if maxima is not None:
-            maxima = _scores_from(maxima, "map maxima", where)
-        bank = None if payload["bank"] is None else _bank_from_payload(payload["bank"], where)
-        images = payload["images"]
-        if not isinstance(images, list):
-            raise CalibrationError(f"{where}: damaged calibration file (images)")
-        # Files from before the precision was recorded were made at the CLI's fp32 default.
-        if isinstance(settings, dict):
-            settings.setdefault("precision", UNRECORDED)
-        lineage = json.loads(payload.get("lineage", "[]"))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, CalibrationError):
-            raise
-        raise CalibrationError(f"{where}: damaged calibration file") from exc
+        settings = json.loads(checked.settings)
+        lineage = json.loads(checked.lineage)
+    except ValueError as exc:
+        raise CalibrationError(f"{damaged}: field settings or lineage: not JSON ({exc})") from None
+    check(CalibrationSettings, settings, f"{damaged}: settings", CalibrationError)
+    # Files from before the precision was recorded were made at the CLI's fp32 default.
+    settings.setdefault("precision", UNRECORDED)
+    scores = checked.scores.to(torch.float64).numpy()
+    maxima = None if checked.map_maxima is None else checked.map_maxima.to(torch.float64).numpy()
+    bank = None if checked.bank is None else _bank_from_payload(checked.bank, where)
     try:
-        return Calibration(settings, scores, maxima, bank, images, lineage)
+        return Calibration(settings, scores, maxima, bank, checked.images, lineage)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

@@ -12,12 +12,14 @@ from .bank import ReferenceBank, load_bank
 from .engines.registry import check_engine
 from .errors import BankFileError, PromptFileError, UsageError
 from .options import (
+    LOCAL_DIR,
     MAP_DTYPES,
     MAP_MODES,
     OVERLAY_FORMATS,
     ModelOptions,
     RunOptions,
 )
+from .overlaps import FileUse
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
 from .rows import FORMATS
 from .scoring import check_temperature
@@ -45,6 +47,17 @@ def prompt_file(model: ModelOptions) -> Path | None:
     if model.prompts is None or str(model.prompts) in PRESETS:
         return None
     return Path(model.prompts)
+
+
+def model_files(model: ModelOptions) -> list[FileUse]:
+    """What loading the model reads, for the overlap check (overlaps.refuse_overlaps):
+    the --weights file, the --prompts file, a local model's folder."""
+    files = [FileUse("the --weights file", model.weights)] if model.weights else []
+    if (prompts := prompt_file(model)) is not None:
+        files.append(FileUse("the --prompts file", prompts))
+    if model.model.startswith(LOCAL_DIR):
+        files.append(FileUse("the model folder", Path(model.model[len(LOCAL_DIR) :])))
+    return files
 
 
 def check_model_options(model: ModelOptions) -> PromptSet:
@@ -128,6 +141,8 @@ def check_numbers(opts: RunOptions) -> None:
         raise UsageError("--settle must be 0 (off) or more seconds")
     if opts.resume and opts.to_stdout:
         raise UsageError("--resume needs -o FILE (the file to continue)")
+    if opts.rebuild_manifest and not opts.resume:
+        raise UsageError("--rebuild-manifest goes with --resume (it repairs the run to resume)")
     if opts.to_stdout and sys.stdout is None:
         raise UsageError("stdout is closed: give -o FILE for the rows")
     _check_scale_out(opts)

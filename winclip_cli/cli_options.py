@@ -226,6 +226,7 @@ def run_options(mode: str, params: dict[str, Any], given: frozenset[str]) -> Run
         save_masks=v["save_masks"],
         maps_mode=v["maps_mode"],
         retry_errors=v["retry_errors"],
+        rebuild_manifest=v["rebuild_manifest"],
         settle=v["settle"],
         shard=v["shard"],
         engine=v["engine"],

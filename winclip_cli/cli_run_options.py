@@ -225,6 +225,17 @@ RetryErrorsOpt = Annotated[
 ]
 
 
+RebuildManifestOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rebuild-manifest",
+        help="With --resume, when the run manifest is damaged: hash again the inputs its "
+        "rows name and record this command line's settings (they are taken on trust).",
+        rich_help_panel=OUTPUT_PANEL,
+    ),
+]
+
+
 SettleOpt = Annotated[
     float,
     typer.Option(

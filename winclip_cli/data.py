@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import NamedTuple
 
 import torch
@@ -20,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageReadError, exception_reason
 from .imaging import to_rgb
 from .tiling import Box, TileGrid, TileGridError, draft_scale, mostly_upsampled, tile_boxes
+from .workers import init_worker, stop_workers, track
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
@@ -283,30 +281,6 @@ class ImageDataset(torch.utils.data.Dataset[Decoded]):
             return Decoded(index, None, str(exc))
 
 
-def _quiet_handover_errors(
-    kind: type[BaseException], value: BaseException, tb: TracebackType | None
-) -> None:
-    """A worker's sys.excepthook, which only multiprocessing's resource sharer calls.
-
-    A batch's shared memory reaches the main process through a short socket handshake
-    with the worker. Ctrl-C can stop the main process mid-handshake; the worker then sees
-    the connection drop and would print a traceback under the one-line interrupt message.
-    """
-    if not issubclass(kind, (ConnectionError, EOFError)):
-        sys.__excepthook__(kind, value, tb)
-
-
-def _init_worker(_worker_id: int) -> None:
-    sys.excepthook = _quiet_handover_errors
-    # Ctrl-C reaches the whole process group; only the main process should react to it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A SIGTERM to the group (systemd, CI cancel, `timeout`) too: the main process
-    # decides, then shuts the workers down itself; a worker killed mid-shutdown makes
-    # the DataLoader print a traceback.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(1)
-
-
 class Batch(NamedTuple):
     """Consecutive inputs: ``indices`` in input order; ``pixels`` (n, 3, H, W) holds the
     readable ones, ``readable`` their indices; ``errors`` maps the others to a reason.
@@ -354,11 +328,15 @@ def batches(
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate,
-            worker_init_fn=_init_worker,
+            worker_init_fn=init_worker,
             prefetch_factor=2,
             pin_memory=pin_memory,
         )
-        yield from loader
+        iterator = track(iter(loader))
+        try:
+            yield from iterator
+        finally:  # done, or abandoned (an error, Ctrl-C): never wait on a worker at exit
+            stop_workers(iterator)
         return
     # A few images: starting worker processes would cost more than it saves.
     for start in range(0, len(dataset), batch_size):

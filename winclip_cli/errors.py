@@ -50,6 +50,38 @@ class OutputError(WinclipError):
     already written stay valid."""
 
 
+class WriteFailedError(OutputError, OSError):
+    """A file could not be written (a full disk, a read-only filesystem, no permission).
+
+    Raised by the one write path (atomic.py) and by nothing else. Also an OSError with
+    the cause's ``errno``, so code that tells a full disk from other failures still can;
+    its message names the file: ``cannot write PATH: No space left on device``."""
+
+    def __init__(self, path: object, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.path = str(path)
+        self.reason = cause.strerror or exception_reason(cause)
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason}"
+
+    def __reduce__(self) -> tuple[object, ...]:  # picklable (a worker may raise it)
+        return (_rebuild_write_failed, (self.path, self.errno, self.reason))
+
+
+def _rebuild_write_failed(path: str, number: int | None, reason: str) -> WriteFailedError:
+    return WriteFailedError(path, OSError(number, reason))
+
+
+class DamagedFileError(UsageError):
+    """A file the tool reads that breaks its schema (cut off, not UTF-8, a field of the
+    wrong type): exit 2, the message names the file and the field."""
+
+
+class OverlapError(UsageError):
+    """An output of a command names a file that the command reads (or another output)."""
+
+
 class PromptFileError(WinclipError, ValueError):
     """A prompt file that cannot be used; the message names the file and the problem."""
 

@@ -15,10 +15,13 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError
 
 from .atomic import atomic_write
-from .errors import UsageError
+from .errors import DamagedFileError, UsageError
+from .schemas import Count, FileSchema, describe
 from .version import __version__
 
 SUFFIX = ".manifest.json"
@@ -115,19 +118,107 @@ class RunManifest:
         atomic_write(manifest_path(rows), lambda f: f.write(data))
 
 
-def read_manifest(rows: Path) -> RunManifest | None:
-    """The manifest of ``rows``; None when there is none or it is unreadable."""
+class _InputIdentity(FileSchema):
+    size: Count
+    mtime_ns: int
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _ManifestFile(FileSchema):
+    """What ``RunManifest.to_json`` writes (version 1)."""
+
+    format: Literal["winclip-run-manifest"]
+    version: Literal[1]
+    winclip: str | None = None
+    settings: dict[str, Any]
+    weights: str | None = None
+    inputs: dict[str, _InputIdentity]
+
+
+class ManifestDamagedError(DamagedFileError):
+    """A manifest that is not one (cut off, not text, an entry of the wrong kind);
+    ``problem`` says what is wrong with it."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+def _damaged(rows: Path, problem: str) -> ManifestDamagedError:
+    return ManifestDamagedError(
+        f"cannot resume: the run manifest {manifest_path(rows)} is damaged ({problem}), so "
+        f"the settings and files of {rows} cannot be checked; resume with "
+        "--rebuild-manifest to rehash the inputs its rows name and record this command "
+        "line's settings, or remove both files to start over",
+        problem,
+    )
+
+
+def _manifest_data(rows: Path) -> Any:
+    """The manifest's JSON value; None when there is none; ManifestDamagedError when the
+    bytes are not JSON text (cut off mid-write by hand, a stray byte)."""
+    path = manifest_path(rows)
     try:
-        data = json.loads(manifest_path(rows).read_text(encoding="ascii"))
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"cannot read the run manifest {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("ascii")  # written with escapes: any other byte is damage
+    except UnicodeDecodeError as exc:
+        raise _damaged(rows, f"byte {exc.start} is not text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(rows, f"not JSON at line {exc.lineno} column {exc.colno}") from None
+
+
+def read_manifest(rows: Path) -> RunManifest | None:
+    """The manifest of ``rows``. None when there is none, or when an older winclip wrote
+    it (its ``version`` says so: resumed as before manifests). A damaged one raises
+    ManifestDamagedError, one from a newer winclip UsageError (both exit 2): neither
+    may switch the resume checks off."""
+    data = _manifest_data(rows)
+    if data is None:
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        return None
-    settings, inputs = data.get("settings"), data.get("inputs")
-    if not isinstance(settings, dict) or not isinstance(inputs, dict):
-        return None
-    weights = data.get("weights")
-    return RunManifest(settings, weights if isinstance(weights, str) else None, inputs)
+        raise _damaged(rows, "not a winclip run manifest")
+    version = data.get("version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        if version > VERSION:
+            raise UsageError(
+                f"cannot resume: {manifest_path(rows)} was written by a newer winclip "
+                f"(manifest version {version}; this one reads {VERSION}): resume with it"
+            )
+        if version < VERSION:
+            return None
+    try:
+        checked = _ManifestFile.model_validate(data)
+    except ValidationError as exc:
+        raise _damaged(rows, describe(exc)) from None
+    inputs = {
+        key: entry.model_dump(include={"size", "mtime_ns", "sha256"})
+        for key, entry in checked.inputs.items()
+    }
+    return RunManifest(checked.settings, checked.weights, inputs)
+
+
+def rebuilt_manifest(
+    settings: dict[str, Any], inputs: dict[str, Path], weights: str | None = None
+) -> tuple[RunManifest, list[str]]:
+    """A manifest made anew for rows whose manifest is damaged (--rebuild-manifest):
+    ``settings`` from this command line, each input the rows name (resume key -> path)
+    hashed as it is now. Also the keys of inputs that could not be read (their rows are
+    scored again). The caller warns: the rows' real settings are taken on trust."""
+    manifest = RunManifest(settings, weights)
+    unreadable = []
+    for key, path in inputs.items():
+        try:
+            manifest.inputs[key] = file_identity(path)
+        except OSError:
+            unreadable.append(key)
+    return manifest, unreadable
 
 
 def _shown(value: Any) -> str:

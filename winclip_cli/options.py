@@ -104,6 +104,7 @@ class RunOptions:
     save_masks: bool = False
     maps_mode: str = "all"  # MAP_MODES
     retry_errors: bool = True  # --resume scores error rows again
+    rebuild_manifest: bool = False  # --resume over a damaged manifest: make it anew
     settle: float = DEFAULT_SETTLE  # --resume leaves files modified this recently
     shard: str | None = None  # "I/N": the I-th of N contiguous parts of the inputs
     engine: str = "local"

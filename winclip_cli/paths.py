@@ -1,17 +1,12 @@
 """Checks on what a run may write: a file that can be written, a folder that can be
-created, and never one of the run's own inputs."""
+created. That no output is a file the command reads is overlaps.refuse_overlaps."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 
 
 def check_writable_file(path: Path) -> None:
@@ -44,27 +39,5 @@ def check_out_dir(out_dir: Path) -> None:
 def is_within(path: Path, folder: Path) -> bool:
     try:
         return path.resolve().is_relative_to(folder.resolve())
-    except OSError:
-        return False
-
-
-def refuse_overwriting(
-    option: str, target: Path | None, files: list[Path], folders: Sequence[Path] = ()
-) -> None:
-    """UsageError when writing ``target`` would destroy one of the run's inputs: one of
-    ``files`` (the same file under any name) or an existing file in one of ``folders``."""
-    if target is None or not target.exists():
-        return
-    st = os.stat(target)
-    same = next((f for f in files if _same_file(f, st)), None)
-    if same is None:
-        same = next((d for d in folders if is_within(target, d)), None)
-    if same is not None:
-        raise UsageError(f"{option} {target} would overwrite an input of this run ({same})")
-
-
-def _same_file(path: Path, target: os.stat_result) -> bool:
-    try:
-        return os.path.samestat(os.stat(path), target)
     except OSError:
         return False

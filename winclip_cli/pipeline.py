@@ -59,7 +59,7 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
         return tally.exit_code(opts.fail_on_anomaly)
     saves = opts.save_bank is not None or opts.save_pool is not None  # a bank or pool to keep
     if p.done and not p.todo and not saves:  # nothing left: no model needed
-        if resumed.manifest is not None and resumed.recorded_weights is not None:
+        if resumed.manifest is not None and (resumed.recorded_weights or resumed.rebuilt):
             resumed.manifest.weights = resumed.recorded_weights  # new identities, same run
             resumed.manifest.write(p.rows_file.path)  # type: ignore[union-attr]
         return tally.exit_code(opts.fail_on_anomaly)
@@ -108,6 +108,8 @@ def _say_threshold(p: Plan, reporter: Reporter) -> None:
 def _tell_resume(p: Plan, reporter: Reporter) -> None:
     """What --resume found: rows kept, to score again, files left for the next run."""
     resumed = p.resume
+    for note in resumed.notes:
+        reporter.warn(note)
     if resumed.legacy:
         reporter.warn(
             f"{p.opts.output} has no run manifest (written by an older winclip): its "

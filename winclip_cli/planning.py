@@ -8,7 +8,6 @@ with --resume, cuts a torn last row off it. The Plan holds that file until it is
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +18,7 @@ from .checks import (
     check_bank_grid,
     check_model_options,
     check_numbers,
-    prompt_file,
+    model_files,
     read_bank_file,
     tile_grid,
 )
@@ -30,18 +29,19 @@ from .errors import UsageError
 from .manifest import manifest_path
 from .options import (
     DEFAULT_K,
-    LOCAL_DIR,
     CalibrateOptions,
     RunOptions,
     default_workers,
 )
 from .outputs import OverlayStyle, output_name
-from .paths import check_out_dir, check_writable_file, is_within, refuse_overwriting
+from .overlaps import FileUse, refuse_overlaps
+from .paths import check_out_dir, check_writable_file, is_within
 from .pool_source import PoolSource, check_calibration_pool, outside_pool, plan_pool
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
-from .rows import RowsFile, columns
+from .rows import columns
+from .rows_file import RowsFile
 from .settings import (
     RunFacts,
     adopt_bank_precision,
@@ -215,48 +215,65 @@ def _find_inputs(opts: RunOptions) -> list[InputImage]:
     return images
 
 
+def _ref_and_pool(opts: RunOptions | CalibrateOptions) -> list[tuple[str, Path]]:
+    """--ref and --pool, where given: files or folders a run reads."""
+    given = (("--ref", opts.ref), ("--pool", opts.pool))
+    return [(option, path) for option, path in given if path is not None]
+
+
+def _kind(path: Path) -> str:
+    return "folder" if path.is_dir() else "file"
+
+
+def run_files(
+    opts: RunOptions, images: list[InputImage], refs: list[InputImage]
+) -> tuple[list[FileUse], list[FileUse]]:
+    """What a run reads (inputs, references, --ref, the calibration, the model's files)
+    and what it writes (-o and its manifest, --save-bank, --report, each image's
+    overlay, map and mask), for the one overlap check."""
+    reads = [FileUse("the input image", im.path) for im in images]
+    reads += [FileUse("the reference image", im.path) for im in refs]
+    reads += [FileUse(f"the {option} {_kind(path)}", path) for option, path in _ref_and_pool(opts)]
+    if opts.calibration is not None:
+        reads.append(FileUse("the --calibration file", opts.calibration))
+    reads += model_files(opts.model)
+    writes: list[FileUse] = []
+    if opts.output is not None and not opts.to_stdout:
+        output = Path(opts.output)
+        writes += [FileUse("-o", output), FileUse("the run manifest", manifest_path(output))]
+    if opts.save_bank is not None:
+        writes.append(FileUse("--save-bank", opts.save_bank))
+    if opts.report is not None:
+        writes.append(FileUse("--report", opts.report))
+    if opts.save_pool is not None:
+        writes.append(FileUse("--save-pool", opts.save_pool))
+    if opts.maps:
+        suffixes = ["." + opts.overlay_format]
+        suffixes += [".npy"] if opts.save_maps else []
+        suffixes += [".mask.png"] if opts.save_masks else []
+        writes += [
+            FileUse(f"{im.display}'s overlay or map", output_name(opts.out_dir, im.relative, s))
+            for im in images
+            for s in suffixes
+        ]
+    return reads, writes
+
+
 def _check_not_clobbering(
     opts: RunOptions, images: list[InputImage], refs: list[InputImage]
 ) -> None:
-    """Nothing the run writes may be something it reads (an image, a reference, the bank,
-    the weights, the prompt file, the model's folder) or another of its outputs."""
-    output = None if opts.output is None or opts.to_stdout else Path(opts.output)
-    targets: list[tuple[str, Path | None]] = [
-        ("-o", output),
-        ("--save-bank", opts.save_bank),
-        ("--report", opts.report),
-        ("--save-pool", opts.save_pool),
-    ]
-    named = [(option, os.path.abspath(t)) for option, t in targets if t is not None]
-    for i, (option, name) in enumerate(named):
-        if same := next((o for o, n in named[:i] if n == name), None):
-            raise UsageError(f"{same} and {option} name the same file")
-    m = opts.model
-    files = [x.path for x in (*images, *refs)]
-    files += [p for p in (opts.ref, opts.pool, m.weights, prompt_file(m)) if p is not None]
-    folders = [Path(m.model[len(LOCAL_DIR) :])] if m.model.startswith(LOCAL_DIR) else []
-    for option, target in targets:
-        refuse_overwriting(option, target, files, folders)
-    if not opts.maps:
-        return
-    if opts.ref is not None and opts.ref.is_dir() and is_within(opts.out_dir, opts.ref):
+    """Nothing the run writes may be something it reads or another of its outputs, and
+    overlays never go where references are read from."""
+    refuse_overlaps(*run_files(opts, images, refs))
+    if (
+        opts.maps
+        and opts.ref is not None
+        and opts.ref.is_dir()
+        and is_within(opts.out_dir, opts.ref)
+    ):
         raise UsageError(
             f"--out {opts.out_dir} is in the --ref folder: overlays would become references"
         )
-    overlay = "." + opts.overlay_format
-    suffixes = [overlay, ".npy"] if opts.save_maps else [overlay]
-    suffixes += [".mask.png"] if opts.save_masks else []
-    written = {
-        os.path.abspath(output_name(opts.out_dir, image.relative, suffix)): image
-        for image in images
-        for suffix in suffixes
-    }
-    for option, target in targets:
-        if target is not None and (image := written.get(os.path.abspath(target))):
-            raise UsageError(f"{option} {target} is the name of {image.display}'s overlay or map")
-    inputs = {os.path.abspath(path) for path in files}
-    if clash := next((path for path in written if path in inputs), None):
-        raise UsageError(f"--out {opts.out_dir}: an overlay would overwrite the input {clash}")
 
 
 def engine_spec(
@@ -366,11 +383,12 @@ def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
         found = find_images(opts.inputs)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
-    protected = [im.path for im in (*found, *refs.images)]
-    read = (opts.ref, opts.pool, opts.model.weights, prompt_file(opts.model))
-    protected += [p for p in read if p is not None]
-    for option, target in (("-o", opts.output), ("--save-pool", opts.save_pool)):
-        refuse_overwriting(option, target, protected)
+    reads = [FileUse("the known-good image", im.path) for im in found]
+    reads += [FileUse("the reference image", im.path) for im in refs.images]
+    reads += [FileUse(f"the {option} {_kind(path)}", path) for option, path in _ref_and_pool(opts)]
+    writes = [FileUse("-o", opts.output)]
+    writes += [FileUse("--save-pool", opts.save_pool)] if opts.save_pool is not None else []
+    refuse_overlaps([*reads, *model_files(opts.model)], writes)
     images, left_out = calibration_images(found, refs.images)
     images, in_pool = outside_pool(images, pool)
     if not images:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, PlainValidator
 
 from .errors import PromptFileError
+from .schemas import FileSchema, check
 
 NORMAL_STATES: tuple[str, ...] = (
     "{}",
@@ -95,6 +99,31 @@ def clean_class_name(class_name: str) -> str:
     return name
 
 
+def _prompt_list(value: Any) -> list[str]:
+    """A non-empty list of strings, each with exactly one ``{}`` (where the class or
+    the state goes)."""
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of strings")
+    for item in value:
+        if not isinstance(item, str) or item.count("{}") != 1:
+            raise ValueError(f"every entry must be a string with exactly one '{{}}', got {item!r}")
+    return value
+
+
+PromptList = Annotated[list[str], PlainValidator(_prompt_list)]
+
+
+class PromptLists(FileSchema):
+    """A prompt file, and the prompt set a calibration records: any of the three lists
+    (a missing one keeps the paper's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    normal: PromptList = Field(default_factory=lambda: list(NORMAL_STATES))
+    anomalous: PromptList = Field(default_factory=lambda: list(ANOMALOUS_STATES))
+    templates: PromptList = Field(default_factory=lambda: list(TEMPLATES))
+
+
 def load_prompt_file(path: str | Path) -> PromptSet:
     """Read a JSON prompt file: ``{"normal": [...], "anomalous": [...], "templates": [...]}``.
 
@@ -108,25 +137,6 @@ def load_prompt_file(path: str | Path) -> PromptSet:
         raise PromptFileError(f"cannot read prompt file {path}: {exc.strerror}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PromptFileError(f"prompt file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PromptFileError(f"prompt file {path}: expected a JSON object")
-    unknown = set(data) - {"normal", "anomalous", "templates"}
-    if unknown:
-        raise PromptFileError(
-            f"prompt file {path}: unknown key(s) {sorted(unknown)}; "
-            "allowed: normal, anomalous, templates"
-        )
-    defaults = PromptSet()
-    fields = {}
-    for key in ("normal", "anomalous", "templates"):
-        value = data.get(key, getattr(defaults, key))
-        if not isinstance(value, (list, tuple)) or not value:
-            raise PromptFileError(f"prompt file {path}: {key!r} must be a non-empty list")
-        for item in value:
-            if not isinstance(item, str) or item.count("{}") != 1:
-                raise PromptFileError(
-                    f"prompt file {path}: every {key!r} entry must be a string with exactly "
-                    f"one '{{}}', got {item!r}"
-                )
-        fields[key] = tuple(value)
-    return PromptSet(**fields)
+    checked = check(PromptLists, data, f"prompt file {path}", PromptFileError)
+    given = checked.model_dump(exclude_unset=True)
+    return PromptSet(**{key: tuple(value) for key, value in given.items()})

@@ -8,27 +8,27 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .data import InputImage
 from .decision import DecisionRule
 from .errors import UsageError
 from .manifest import (
     Identity,
+    ManifestDamagedError,
     RunManifest,
     file_identity,
+    manifest_path,
     read_manifest,
+    rebuilt_manifest,
     refuse_other_settings,
     settling,
     still_the_same,
 )
-from .options import (
-    RunOptions,
-)
-from .rows import SCORE_DECIMALS, RowsFile, read_finished_rows
-
-if TYPE_CHECKING:
-    pass
+from .options import RunOptions
+from .resume_rows import check_rows, gone_error_rows, one_row_per_input
+from .rows import SCORE_DECIMALS, RowWriter, read_finished_rows
+from .rows_file import RowsFile
 
 
 @dataclass
@@ -44,6 +44,9 @@ class Resumed:
     pending: list[InputImage] = field(default_factory=list)  # modified within --settle
     rewrite: bool = False  # rows replaced or out of order: write a new file, then rename
     orphans: dict[str | None, list[dict[str, str]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings the run says once
+    repaired: bool = False  # the file held repeated rows or gone files' error rows
+    rebuilt: bool = False  # --rebuild-manifest made the manifest anew
 
     def kept(self, done: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         """The rows of ``done`` that stay as they are (not scored again): with the rows
@@ -58,46 +61,108 @@ class Resumed:
         return [r for k, r in done.items() if k in self.again and k not in written]
 
 
+def _recorded(opts: RunOptions, out: Path, resumed: Resumed) -> tuple[RunManifest | None, bool]:
+    """The file's manifest (None: none, or an older winclip's), and whether it is to be
+    rebuilt: damaged, with --rebuild-manifest (else ManifestDamagedError, exit 2)."""
+    try:
+        return read_manifest(out), False
+    except ManifestDamagedError as exc:
+        if not opts.rebuild_manifest:
+            raise
+        resumed.notes.append(
+            f"the run manifest {manifest_path(out)} is damaged ({exc.problem}): rebuilt "
+            "(--rebuild-manifest) from the inputs its rows name, hashed now, and this "
+            "command line's settings, which are taken on trust"
+        )
+        resumed.rebuilt = True
+        return None, True
+
+
 def _read_resume(
     opts: RunOptions,
     cols: list[str],
     rule: DecisionRule | None,
     settings: dict[str, Any],
+    resumed: Resumed,
     older: dict[str, Any],
-) -> tuple[dict[str, dict[str, str]], RunManifest | None, bool]:
-    """Rows already in -o FILE (--resume), by absolute path, and the file's manifest;
-    refuses other settings than the file's (the file would contradict itself); ``older``:
-    what a manifest written before a setting was recorded stands for.
-    The bool: the file has rows but no manifest (an older version)."""
+) -> tuple[dict[str, dict[str, str]], RunManifest | None]:
+    """Rows already in -o FILE (--resume), one per input by resume_key (the last whole
+    row wins), each checked against the row schema, and the file's manifest; refuses
+    other settings than the file's (the file would contradict itself; ``older``: what a
+    manifest written before a setting was recorded stands for). Sets
+    ``resumed.legacy`` when the file has rows but no manifest (an older version)."""
     assert opts.output is not None
     out = Path(opts.output)
     if not (opts.resume and out.is_file()):
-        return {}, None, False
-    recorded = read_manifest(out)
+        return {}, None
+    recorded, rebuild = _recorded(opts, out, resumed)
     if recorded is not None:
         refuse_other_settings(out, {**older, **recorded.settings}, settings)
     try:
         rows = read_finished_rows(out, opts.fmt, cols)
     except (ValueError, OSError) as exc:
         raise UsageError(f"cannot resume: {exc}") from exc
+    one = one_row_per_input(check_rows(rows, opts.fmt, str(out)), resume_key)
+    if one.note is not None:
+        resumed.notes.append(f"{out}: {one.note}")
+        resumed.repaired = True
     if rule is not None:
-        for row in rows:
-            score = float(row["score"]) if row.get("score") not in (None, "") else None
-            if "p_value" in row and _p_text(row["p_value"]) != _p_text(rule.p_value(score)):
-                raise UsageError(
-                    f"cannot resume: {out} was written with another calibration or "
-                    f"--false-alarm-rate ({row['path']} has p_value {row['p_value']!r}); "
-                    "resume with the first run's --calibration and --false-alarm-rate"
-                )
-            if row["label"] != rule.label(score):
-                raise UsageError(
-                    f"cannot resume: {out} was labelled with another decision rule "
-                    f"({row['path']} is {row['label']!r} at {row['score']}); "
-                    "resume with the first run's --threshold, or --calibration and "
-                    "--false-alarm-rate"
-                )
-    done = {resume_key(row["path"]): row for row in rows}
-    return done, recorded, bool(rows) and recorded is None
+        _refuse_other_rule(out, list(one.rows.values()), rule)
+    if rebuild:
+        paths = {key: Path(key) for key in one.rows}
+        recorded, _unreadable = rebuilt_manifest(settings, paths)
+    resumed.legacy = bool(rows) and recorded is None
+    return one.rows, recorded
+
+
+def _refuse_other_rule(out: Path, rows: list[dict[str, str]], rule: DecisionRule) -> None:
+    """UsageError when the rows were labelled by another decision rule than this run's."""
+    for row in rows:
+        score = float(row["score"]) if row.get("score") not in (None, "") else None
+        if "p_value" in row and _p_text(row["p_value"]) != _p_text(rule.p_value(score)):
+            raise UsageError(
+                f"cannot resume: {out} was written with another calibration or "
+                f"--false-alarm-rate ({row['path']} has p_value {row['p_value']!r}); "
+                "resume with the first run's --calibration and --false-alarm-rate"
+            )
+        if row["label"] != rule.label(score):
+            raise UsageError(
+                f"cannot resume: {out} was labelled with another decision rule "
+                f"({row['path']} is {row['label']!r} at {row['score']}); "
+                "resume with the first run's --threshold, or --calibration and "
+                "--false-alarm-rate"
+            )
+
+
+def _drop_gone(done: dict[str, dict[str, str]], images: list[InputImage], resumed: Resumed) -> None:
+    """Error rows of files that are gone (not an input, not on disk) leave the file: said
+    once, here, rather than keeping every later run at exit 3."""
+    inputs = {resume_key(im.display) for im in images}
+    orphans = {k: r for k, r in done.items() if k not in inputs}
+    gone = gone_error_rows(orphans, os.path.exists)
+    if not gone:
+        return
+    for key in gone:
+        del done[key]
+    names = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+    resumed.notes.append(f"{len(gone)} error row(s) of files that are gone, dropped: {names}")
+    resumed.repaired = True
+
+
+def _repair(rows_file: RowsFile, fmt: str, cols: list[str], rows: list[dict[str, str]]) -> None:
+    """Write the -o file anew with exactly ``rows`` (beside it, then renamed over it: a
+    crash keeps the old file; the lock stays held)."""
+    stream = rows_file.replacement()
+    try:
+        writer = RowWriter(stream, fmt, cols)
+        for record in rows:
+            writer.copy(record)
+        rows_file.commit()
+    except BaseException:
+        rows_file.discard()
+        raise
+    finally:
+        stream.close()
 
 
 def _sort_out(
@@ -190,14 +255,17 @@ def prepare(
     """What --resume keeps of -o FILE (held by ``rows_file``) and what this run scores:
     (rows already there by resume_key, inputs to score, the rest of the decision).
     Without --resume (or a new file): nothing kept, every input scored."""
-    done, recorded, legacy = _read_resume(opts, cols, rule, settings, older or {})
+    resumed = Resumed()
+    done, recorded = _read_resume(opts, cols, rule, settings, resumed, older or {})
     rows_file.follow()  # a repair may have replaced the file
     if done and images and not any(resume_key(im.display) in done for im in images):
         raise UsageError(
             f"cannot resume: none of the {len(done)} row(s) in {opts.output} is an input "
             "of this run (other inputs, or relative paths from another folder?)"
         )
-    resumed = Resumed(legacy=legacy)
+    _drop_gone(done, images, resumed)
+    if resumed.repaired and rows_file.regular:
+        _repair(rows_file, opts.fmt, cols, list(done.values()))
     if rows_file.regular:
         resumed.manifest = RunManifest(settings)
         resumed.recorded_weights = recorded.weights if recorded is not None else None

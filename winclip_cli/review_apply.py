@@ -31,6 +31,7 @@ from .data import InputImage, open_image
 from .errors import CalibrationError, ImageReadError, UsageError, exception_reason
 from .manifest import file_identity
 from .options import DEFAULT_FALSE_ALARM_RATE
+from .overlaps import FileUse, refuse_overlaps
 from .review_lineage import added_before, lineage_record
 from .scoring import association
 from .verdicts import DEFECT, FALSE_ALARM, Verdict, VerdictSet, read_verdicts
@@ -107,14 +108,11 @@ def _named(problems: Sequence[str]) -> str:
 
 
 def _refuse_overwriting(request: ApplyRequest) -> None:
-    """No command overwrites a file it reads: -o is neither OLD.cal nor a verdict file."""
-    out = os.path.abspath(request.output)
-    for path in [request.calibration, *request.verdict_files]:
-        same = os.path.abspath(path) == out
-        if not same and os.path.exists(out) and os.path.exists(path):
-            same = os.path.samefile(path, out)
-        if same:
-            raise UsageError(f"-o {request.output} would replace {path}, which it reads")
+    """No command overwrites a file it reads: -o is neither OLD.cal nor a verdict file
+    (overlaps.refuse_overlaps: under any name)."""
+    reads = [FileUse("the --calibration file", request.calibration)]
+    reads += [FileUse("the verdict file", path) for path in request.verdict_files]
+    refuse_overlaps(reads, [FileUse("-o", request.output)])
 
 
 def _source_files(verdicts: VerdictSet, verdict: Verdict) -> str:

@@ -1,5 +1,5 @@
 """Result rows: the columns, the row formats (one table: header, encode, parse), the
-writer that flushes each row, the reader that --resume uses, and the held -o file."""
+writer (each row whole), the reader that --resume uses; the held -o file is rows_file.py."""
 
 from __future__ import annotations
 
@@ -7,23 +7,15 @@ import csv
 import io
 import json
 import os
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .atomic import atomic_write
-from .errors import FileBusyError
+from .atomic import append_whole, atomic_write
 from .rows_salvage import csv_salvage, header_of, jsonl_salvage
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]  # no locking there (see RowsFile)
-
-_BINARY = getattr(os, "O_BINARY", 0)  # Windows would write CRLF line ends otherwise
 # Writing rows and file names with surrogateescape lets any OS file name round-trip.
 ENCODING_ERRORS = "surrogateescape"
 SCORE_DECIMALS = 6
@@ -171,19 +163,31 @@ def _rounded(value: float | None) -> float | None:
 
 
 class RowWriter:
-    """Writes rows as they come, each in one write followed by a flush, so an interrupted
-    run leaves a valid file with every finished row."""
+    """Writes rows as they come, each in one write that reaches the file whole or not at
+    all (append_whole), so an interrupted or failed run leaves a valid file with every
+    finished row.
+
+    A stream on a file descriptor (the -o file, stdout) is written to the descriptor
+    itself: nothing of a failed row stays buffered to be written again later. Other
+    streams (a StringIO) get ``write`` and ``flush``."""
 
     def __init__(self, stream: IO[str], fmt: str, cols: list[str], header: bool = True) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
         self.stream, self.format, self.cols = stream, FORMATS[fmt], cols
+        self._fd = _descriptor(stream)
+        self._where = _stream_name(stream)
         if header and (text := self.format.header(cols)):
             self._write(text)
 
     def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
+        if self._fd is None:
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        errors = getattr(self.stream, "errors", None) or ENCODING_ERRORS
+        append_whole(self._fd, text.encode(encoding, errors), self._where)
 
     def record(self, row: Row) -> dict[str, Any]:
         """The row as a dict of this run's columns (numbers rounded to 6 decimals)."""
@@ -208,6 +212,22 @@ class RowWriter:
     def copy(self, record: dict[str, Any]) -> None:
         """Write a row read back from a rows file of the same columns, as it was."""
         self._write(self.format.encode({c: record[c] for c in self.cols}))
+
+
+def _descriptor(stream: IO[str]) -> int | None:
+    """The descriptor under ``stream``, flushed first (what it holds goes before the
+    rows); None for a stream in memory."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    stream.flush()
+    return fd
+
+
+def _stream_name(stream: IO[str]) -> str:
+    name = getattr(stream, "name", None)
+    return name if isinstance(name, str) else "the rows file"
 
 
 def read_finished_rows(path: Path, fmt: str, cols: list[str]) -> list[dict[str, Any]]:
@@ -235,12 +255,6 @@ def _rewrite(path: Path, old: bytes, fmt: str, cols: list[str], rows: list[dict[
         atomic_write(path, lambda f: f.write(data))
 
 
-def _suppress_os_error() -> Any:
-    import contextlib
-
-    return contextlib.suppress(OSError)
-
-
 # ----- where rows go --------------------------------------------------------------------
 
 
@@ -258,138 +272,3 @@ def stdout_rows() -> IO[str]:
     if hasattr(stream, "reconfigure"):
         stream.reconfigure(errors=ENCODING_ERRORS)
     return stream
-
-
-class RowsFile:
-    """The -o file, held for the whole run by an exclusive advisory lock: a second run on
-    the same file (an overlapping cron job) is refused, rather than both writing rows
-    into it. Opened without truncating: a refused run leaves the file as it was.
-
-    A FIFO or device (`-o /dev/stdout`) is just opened for writing: nothing to lock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-        self.new_fd: int | None = None  # the replacement being written (see replacement)
-        try:
-            special = not stat.S_ISREG(os.stat(path).st_mode)
-        except FileNotFoundError:
-            special = False
-        self.regular = not special
-        if special:
-            self.created = False
-            self.fd = os.open(path, os.O_WRONLY | _BINARY)
-            return
-        for _attempt in range(5):
-            self.created = not path.exists()
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
-            self._lock()
-            if self._still_the_file():
-                # A replacement left by a run that was killed: ours to drop (we hold the lock).
-                self.replacement_path.unlink(missing_ok=True)
-                return
-            # Removed or replaced between open and lock (a run that failed before
-            # writing removes the file it created): hold the file now at the path.
-            os.close(self.fd)
-        raise FileBusyError(
-            f"{path} keeps being replaced by another program: wait for it, or write to another file"
-        )
-
-    def _lock(self) -> None:
-        if fcntl is None:  # Windows: no flock; runs on one file are the user's to keep apart
-            return
-        fd = self.fd
-        assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            self.fd = None
-            raise FileBusyError(
-                f"{self.path} is being written by another winclip run: wait for it, or "
-                "write to another file"
-            ) from exc
-        except OSError:  # no locking on this filesystem (NFS without lockd, some FUSE)
-            pass
-
-    def _still_the_file(self) -> bool:
-        try:
-            assert self.fd is not None
-            return os.path.samestat(os.fstat(self.fd), os.stat(self.path))
-        except FileNotFoundError:
-            return False
-
-    def follow(self) -> None:
-        """Hold the file at the path again after it was replaced whole (a resume repair
-        of a file this version did not write)."""
-        if self.regular and not self._still_the_file():
-            assert self.fd is not None
-            os.close(self.fd)
-            self.fd = os.open(self.path, os.O_RDWR | _BINARY)
-            self._lock()
-
-    def stream(self, append: bool) -> IO[str]:
-        """The row stream on the held file: at its end (append) or emptied first."""
-        assert self.fd is not None
-        if self.regular and append:
-            os.lseek(self.fd, 0, os.SEEK_END)
-        elif self.regular:
-            os.ftruncate(self.fd, 0)
-            os.lseek(self.fd, 0, os.SEEK_SET)
-        return open(
-            self.fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
-        )
-
-    def keep(self) -> None:
-        """Keep the file even if nothing is written to it (an empty shard's JSON lines)."""
-        self.created = False
-
-    @property
-    def replacement_path(self) -> Path:
-        """Where a new version of the file is written before it replaces the file."""
-        return self.path.with_name(f".{self.path.name}.winclip-new")
-
-    def replacement(self) -> IO[str]:
-        """A row stream on a new, empty file beside this one: the file at the path stays
-        whole until ``commit`` renames the new one over it (a crash loses nothing)."""
-        assert self.regular and self.new_fd is None
-        self.new_fd = os.open(
-            self.replacement_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _BINARY, 0o666
-        )
-        return open(
-            self.new_fd, "w", encoding="utf-8", errors=ENCODING_ERRORS, newline="", closefd=False
-        )
-
-    def commit(self) -> None:
-        """Rename the replacement over the file, holding it locked before it is visible
-        (another run must never find it unlocked), with the old file's permissions."""
-        assert self.fd is not None and self.new_fd is not None
-        os.fsync(self.new_fd)
-        if hasattr(os, "fchmod"):  # POSIX
-            os.fchmod(self.new_fd, stat.S_IMODE(os.fstat(self.fd).st_mode))
-        if fcntl is not None:
-            with _suppress_os_error():
-                fcntl.flock(self.new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.replace(self.replacement_path, self.path)
-        os.close(self.fd)
-        self.fd, self.new_fd = self.new_fd, None
-        self.created = False  # it holds rows now
-
-    def discard(self) -> None:
-        """Drop an uncommitted replacement: the file stays as it was."""
-        if self.new_fd is not None:
-            os.close(self.new_fd)
-            self.new_fd = None
-            self.replacement_path.unlink(missing_ok=True)
-
-    def release(self) -> bool:
-        """Unlock; a file this run created and never wrote to is removed again (True)."""
-        self.discard()
-        if self.fd is None:
-            return False
-        empty = self.created and os.fstat(self.fd).st_size == 0
-        os.close(self.fd)  # first: Windows can't remove an open file
-        self.fd = None
-        if empty:
-            self.path.unlink(missing_ok=True)
-        return empty

@@ -19,7 +19,7 @@ from ..atomic import atomic_write
 from ..metrics import COLUMN_TITLES, METRIC_KEYS
 from ..model import WinClip
 from ..paper import DATASET_NAMES, compare_with_paper, format_comparison
-from ..rows import ENCODING_ERRORS, csv_line
+from ..rows import ENCODING_ERRORS, RowWriter
 
 if TYPE_CHECKING:
     from ..model import WinClip
@@ -94,20 +94,17 @@ def scores_writer(path: str | os.PathLike[str] | None) -> Iterator[ScoresWriter 
             fh = stack.enter_context(
                 open(path, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS)
             )
-        writer = ScoresWriter(fh)
-        writer.writerow(SCORES_HEADER)
-        yield writer
+        yield ScoresWriter(RowWriter(fh, "csv", list(SCORES_HEADER)))  # header written
 
 
 @dataclass
 class ScoresWriter:
-    # The same record format as the scoring commands' rows (outputs.csv_line), flushed as
-    # they come: an interrupted run leaves every finished row.
-    fh: IO[str]
+    # The scoring commands' row writer and CSV format: each row written whole as it
+    # comes (cut back on a full disk), so an interrupted run leaves every finished row.
+    rows: RowWriter
 
     def writerow(self, row: Sequence[Any]) -> None:
-        self.fh.write(csv_line([str(v) for v in row]))
-        self.fh.flush()
+        self.rows.copy(dict(zip(SCORES_HEADER, (str(v) for v in row), strict=True)))
 
 
 def write_json(path: Path, results: dict[str, Any]) -> None:

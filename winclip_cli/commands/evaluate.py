@@ -16,14 +16,15 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import torch
 
 from ..calibration import conformal_rank
-from ..checks import check_class_name, check_model_options, prompt_file, tile_grid
+from ..checks import check_class_name, check_model_options, model_files, tile_grid
 from ..data import InputImage
 from ..datasets import CategoryData, discover, is_dataset_file, load_mask
 from ..errors import CalibrationError, DatasetError, ExitCode, UsageError
 from ..metrics import DEFAULT_BINS
 from ..model import WinClip
 from ..options import DEFAULT_BATCH_SIZE, EvalOptions, default_workers
-from ..paths import check_writable_file, refuse_overwriting
+from ..overlaps import FileUse, refuse_overlaps
+from ..paths import check_writable_file
 from ..pool import MutualPool
 from ..pool_source import PoolSource, build_pool, plan_pool
 from ..progress import Reporter
@@ -235,15 +236,14 @@ def check_eval_options(opts: EvalOptions) -> PromptSet:
         check_class_name(opts.class_name)
     tile_grid(opts.tiles, opts.tile_overlap)
     _check_mutual_eval(opts)
-    inputs = [p for p in (opts.model.weights, prompt_file(opts.model)) if p is not None]
+    reads, writes = model_files(opts.model), []
     for option, path in (("--json", opts.json_path), ("--scores", opts.scores_path)):
         if path is not None and str(path) != "-":
             check_writable_file(path)
-            protected = [*inputs, path] if is_dataset_file(opts.root, path) else inputs
-            refuse_overwriting(option, path, protected)
-    json_path, scores_path = opts.json_path, opts.scores_path
-    if json_path and scores_path and os.path.abspath(json_path) == os.path.abspath(scores_path):
-        raise UsageError("--json and --scores name the same file")
+            writes.append(FileUse(option, path))
+            if is_dataset_file(opts.root, path):  # results kept in the dataset are outputs
+                reads.append(FileUse("a file of the dataset", path))
+    refuse_overlaps(reads, writes)
     prompts = check_model_options(opts.model)
     found = discover(opts.root, layout=opts.layout, categories=opts.categories)
     if opts.calibrate is not None:

@@ -10,9 +10,11 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..errors import ExitCode, UsageError
 from ..htmlreport import DEFAULT_GALLERY, ReportSummary, render_page
+from ..overlaps import FileUse, refuse_overlaps
 from ..paths import check_writable_file
 from ..progress import Reporter
 from ..rows import FORMATS
+from ..thumbnails import resolve
 
 
 def _read_one(path: Path, notes: list[str]) -> list[dict[str, str]]:
@@ -51,6 +53,24 @@ def read_rows(paths: Sequence[Path]) -> tuple[list[dict[str, str]], list[str]]:
     return rows, notes
 
 
+# Columns that name files a report reads (thumbnails, links).
+FILE_COLUMNS = ("path", "overlay", "mask", "map")
+
+
+def report_files(
+    rows_files: Sequence[Path], rows: list[dict[str, str]], search_dirs: Sequence[Path]
+) -> list[FileUse]:
+    """What a report reads: the rows files and each file a row names, found where the
+    report looks for it (thumbnails.resolve), for the overlap check."""
+    reads = [FileUse("the rows file", path) for path in rows_files]
+    for row in rows:
+        for column in FILE_COLUMNS:
+            target = resolve(str(row.get(column) or ""), search_dirs)
+            if target is not None:
+                reads.append(FileUse(f"the file a row names ({column})", Path(target)))
+    return reads
+
+
 def build_report(
     rows_files: Sequence[Path],
     output: Path,
@@ -66,15 +86,14 @@ def build_report(
     elapsed: float | None = None,
 ) -> ReportSummary:
     """Read ``rows_files`` (in order) and write the report to ``output`` (replaced whole,
-    through a temporary file). Raises UsageError when ``output`` is one of the rows
-    files, OSError when it cannot be written; anything wrong in the rows is a note."""
+    through a temporary file). Raises OverlapError (exit 2) when ``output`` is one of
+    the rows files or a file they name, WriteFailedError (exit 2) when it cannot be
+    written; anything wrong in the rows is a note."""
     output = Path(output)
     rows_files = [Path(p) for p in rows_files]
-    for path in rows_files:
-        if output.exists() and path.exists() and os.path.samefile(path, output):
-            raise UsageError(f"the report {output} would replace its rows file {path}")
     rows, notes = read_rows(rows_files)
     search_dirs = list(dict.fromkeys(Path(os.path.abspath(p)).parent for p in rows_files))
+    refuse_overlaps(report_files(rows_files, rows, search_dirs), [FileUse("-o", output)])
     text, cards, notes = render_page(
         rows,
         notes,
