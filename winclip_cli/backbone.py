@@ -1,4 +1,5 @@
-"""open_clip backbone: weights resolution, cheap construction, device and precision.
+"""open_clip backbone: weights resolution, cheap construction, device and precision
+(chosen by hardware.py).
 
 The model is built on the ``meta`` device (no random initialisation, which would cost
 seconds for the default model only to be overwritten) and its weights are then
@@ -23,9 +24,9 @@ import torch
 
 from .architecture import architecture_hint, checkpoint_architecture, mismatch_summary
 from .errors import WeightsUnavailableError, exception_reason
+from .hardware import Precision, resolve, resolve_device
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
@@ -40,45 +41,21 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
-    dtype: torch.dtype  # autocast dtype; float32 means no autocast
+    precision: Precision  # what the vision tower computes in (resolved, never auto), and why
     source: str = ""  # where the weights came from (a file, a tag in the cache), for logs
     checkpoint: str = ""  # the weights file read (absolute): calibrations and banks record it
     pretrained: str | None = None  # the open_clip tag, when the weights are one
 
-
-def resolve_device(name: str) -> torch.device:
-    """Turn ``auto|cpu|cuda|mps`` (or ``cuda:N``) into a device that exists here."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but no CUDA GPU is available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name} was asked for but MPS is not available")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or mps")
-    return device
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float format of the vision tower's matmuls (float32 for fp32 and int8)."""
+        return self.precision.dtype
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype for ``precision`` on ``device``; refuses combinations that would crawl."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use fp32, fp16 or bf16")
-    dtype = PRECISIONS[precision]
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("fp16 is not supported on the CPU: use --precision bf16 or fp32")
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU does not support bf16: use --precision fp16 or fp32")
-    return dtype
+    """The matmul dtype of ``precision`` (auto included) on ``device``; ValueError for
+    combinations that can't run (see precision.resolve)."""
+    return resolve(precision, device).dtype
 
 
 @contextlib.contextmanager
@@ -310,7 +287,7 @@ def load_backbone(
     pretrained: str | None = DEFAULT_PRETRAINED,
     weights: str | os.PathLike[str] | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | Precision = "fp32",
     cache_dir: str | None = None,
 ) -> Backbone:
     """Build the open_clip model and load its weights.
@@ -320,7 +297,7 @@ def load_backbone(
     downloaded when ``weights`` is given. Raises WeightsUnavailableError on any failure.
     """
     torch_device = resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
+    chosen = resolve(precision, torch_device)
     import open_clip
 
     if model.startswith(LOCAL_DIR):
@@ -369,4 +346,4 @@ def load_backbone(
     )
     tag = None if model.startswith(LOCAL_DIR) else pretrained
     where = os.path.abspath(checkpoint)
-    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype, source, where, tag)
+    return Backbone(clip, model, weights_id, mean, std, torch_device, chosen, source, where, tag)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .backbone import fetch_pretrained, resolve_device, resolve_precision
 from .bank import ReferenceBank, load_bank
+from .calibration import Calibration
 from .engines.registry import check_engine
 from .errors import BankFileError, PromptFileError, UsageError, WeightsUnavailableError
 from .options import (
@@ -22,9 +23,10 @@ from .options import (
 )
 from .overlaps import FileUse
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
-from .provenance import model_from_record
+from .provenance import PROVENANCE_KEY, model_from_record
 from .rows import FORMATS
 from .scoring import check_temperature
+from .settings import load_for_run
 from .shards import parse_shard
 from .tiling import TileGrid, describe_grid, grid_of_meta, same_grid
 
@@ -248,3 +250,15 @@ def model_of_file(opts: RunOptions, record: object, what: str) -> RunOptions:
     user chose none (provenance.model_from_record; UsageError naming what it needs)."""
     model = model_from_record(opts.model, opts.given, record, what, cached_weights)
     return opts if model is opts.model else dataclasses.replace(opts, model=model)
+
+
+def with_recorded_model(opts: RunOptions) -> tuple[RunOptions, Calibration | None]:
+    """The --calibration file, loaded, and the options with the model it (or a --ref
+    bank file) records when the user chose none (model_of_file)."""
+    if opts.calibration is not None:
+        cal = load_for_run(opts.calibration)
+        return model_of_file(opts, cal.model_record, f"--calibration {opts.calibration}"), cal
+    if opts.ref is not None and opts.ref.is_file():
+        record = read_bank_file(opts.ref).meta.get(PROVENANCE_KEY)
+        return model_of_file(opts, record, f"--ref {opts.ref}"), None
+    return opts, None

@@ -13,6 +13,7 @@ import typer
 
 from .options import (
     DEFAULT_OUT_DIR,
+    PRECISION_HELP,
     ModelOptions,
     RayOptions,
     RunOptions,
@@ -65,9 +66,7 @@ WeightsOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=MODEL_PANEL)
 ]
-PrecisionOpt = Annotated[
-    str, typer.Option(help="fp32, fp16 (GPU) or bf16.", rich_help_panel=MODEL_PANEL)
-]
+PrecisionOpt = Annotated[str, typer.Option(help=PRECISION_HELP, rich_help_panel=MODEL_PANEL)]
 BatchOpt = Annotated[
     int,
     typer.Option(

@@ -158,7 +158,8 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
 
     opts, m = p.opts, p.opts.model
     wc = model or WinClip.from_options(m, p.prompts)
-    reporter.stage(f"model loaded: {wc.backbone.model_name} ({wc.backbone.source or 'given'})")
+    source = wc.backbone.source or "given"
+    reporter.stage(f"model loaded: {wc.backbone.model_name} ({source}); {wc.precision_reason}")
     if opts.mutual or opts.pool is not None:  # mutual scoring reads no text
         text = torch.zeros(2, wc.embed_dim)
     else:

@@ -20,9 +20,9 @@ from .checks import (
     check_model_options,
     check_numbers,
     model_files,
-    model_of_file,
     read_bank_file,
     tile_grid,
+    with_recorded_model,
 )
 from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
@@ -40,13 +40,18 @@ from .overlaps import FileUse, refuse_overlaps
 from .paths import check_out_dir, check_rows_file, check_writable_file, is_within
 from .pool_source import PoolSource, check_calibration_pool, outside_pool, plan_pool
 from .prompts import PromptSet
-from .provenance import PROVENANCE_KEY
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
 from .rows import columns
 from .rows_file import RowsFile
 from .rows_lock import LockWait
-from .settings import RunFacts, apply_to_options, load_for_run, run_settings
+from .settings import (
+    RunFacts,
+    adopt_bank_precision,
+    apply_to_options,
+    run_settings,
+    unrecorded,
+)
 from .shards import parse_shard, shard_of
 from .tiling import TileGrid
 
@@ -295,18 +300,13 @@ def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
     """Validate everything that can be validated without the model (exit 2 on failure).
     ``say``: where a message goes while the run waits for its -o file (--wait)."""
     check_numbers(opts)
-    cal, source = None, opts.calibration
-    if source is not None:  # its model, unless the user chose one (never a download)
-        cal = load_for_run(source)
-        opts = model_of_file(opts, cal.model_record, f"--calibration {source}")
-    elif opts.ref is not None and opts.ref.is_file():
-        record = read_bank_file(opts.ref).meta.get(PROVENANCE_KEY)
-        opts = model_of_file(opts, record, f"--ref {opts.ref}")
+    opts, cal = with_recorded_model(opts)  # unless the user chose one; never a download
     prompts = check_model_options(opts.model)
-    if cal is not None and source is not None:
+    if cal is not None and opts.calibration is not None:
         opts, prompts = apply_to_options(opts, cal)
-        check_calibration_pool(cal.settings.get("pool"), opts.pool, source)
+        check_calibration_pool(cal.settings.get("pool"), opts.pool, opts.calibration)
     refs = plan_references(opts)
+    opts = adopt_bank_precision(opts, refs.bank)
     if cal is not None:
         refs.source, refs.bank = opts.calibration, cal.bank
     if opts.save_bank is not None:
@@ -347,7 +347,8 @@ def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
     try:
         ref_images = [im.path for im in refs.images]
         facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal, pool.identity())
-        done, todo, resumed = prepare(opts, images, cols, rule, run_settings(facts), rows_file)
+        settings = run_settings(facts)
+        done, todo, resumed = prepare(opts, images, cols, rule, settings, rows_file, unrecorded())
     except BaseException:
         rows_file.release()
         raise

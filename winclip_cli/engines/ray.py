@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..backbone import resolve_device
 from ..bank import bank_payload
 from ..errors import ClusterError, MissingDependencyError, UsageError
+from ..hardware import resolve
 from ..options import DEFAULT_RAY_WORKERS, LOCAL_DIR, ModelOptions, RunOptions
 from ..pool import pool_payload
 from . import EngineSpec, ImageResult
@@ -174,6 +176,8 @@ def portable_model(model: ModelOptions) -> ModelOptions:
     return replace(
         model,
         model=name,
+        # Resolved here: actors compute in what the manifest records, whatever they run on.
+        precision=resolve(model.precision, resolve_device(model.device)).name,
         weights=absolute(model.weights),
         cache_dir=absolute(model.cache_dir),
         prompts=None,  # the resolved PromptSet goes to the actors instead
