@@ -303,8 +303,8 @@ def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
     opts, cal = with_recorded_model(opts)  # unless the user chose one; never a download
     prompts = check_model_options(opts.model)
     if cal is not None and opts.calibration is not None:
-        opts, prompts = apply_to_options(opts, cal)
         check_calibration_pool(cal.settings.get("pool"), opts.pool, opts.calibration)
+        opts, prompts = apply_to_options(opts, cal)
     refs = plan_references(opts)
     opts = adopt_bank_precision(opts, refs.bank)
     if cal is not None:
