@@ -136,6 +136,15 @@ def test_the_rate_counts_from_the_first_image_not_start_up(monkeypatch):
     assert _LogProgress(24, "scoring").line(24, None) == "scoring: 24/24 (100%)"
 
 
+def test_a_run_quicker_than_the_burst_still_ends_with_its_rate(monkeypatch):
+    """Nine images in 40 ms (a small folder at bf16): the last line says the speed."""
+    clock = iter([100.0, 100.01, 100.02, 100.04])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    rate = _Rate()
+    assert rate.update(1) is None and rate.update(2) is None and rate.update(4) is None
+    assert rate.update(9, final=True) == pytest.approx(8 / 0.04)
+
+
 def test_calibrate_style_callers_get_a_real_rate(monkeypatch):
     """calibrate passes elapsed=0.0: the reporter keeps its own clock."""
     log = io.StringIO()

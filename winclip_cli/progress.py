@@ -88,7 +88,7 @@ class Reporter:
         self._progress: Any = None
         self._task: Any = None
         self._log: _LogProgress | None = None
-        self._rate = _Rate()
+        self._rate, self._total = _Rate(), 0
         self.counts: str | None = None  # the run's counts, for the last line (see finish)
 
     @property
@@ -141,7 +141,7 @@ class Reporter:
     def start(self, total: int, description: str, live: bool = True) -> None:
         """Show a progress bar with images/s and ETA (terminals only, never with --quiet;
         ``live=False``: none, e.g. when the rows themselves go to the terminal)."""
-        self._rate = _Rate()
+        self._rate, self._total = _Rate(), total
         if self.logging:
             self._log = _LogProgress(total, description)
             return
@@ -171,7 +171,7 @@ class Reporter:
         """``done`` of the total are finished (``count`` of them just now). The rate and
         ETA count from the first finished image, not from start-up (model, workers);
         ``elapsed`` is not used (kept for callers that pass it)."""
-        rate = self._rate.update(done)
+        rate = self._rate.update(done, final=done >= self._total)
         if self._log is not None and (line := self._log.line(done, rate)):
             self.info(line)
         if self._progress is not None:
@@ -225,22 +225,31 @@ class _LogProgress:
 class _Rate:
     """Images per second since the first finished image: start-up (the model, the
     decoding workers) is not scoring time. The first batch arrives at once; images that
-    finish within BURST_S of the first count as the start, not as speed."""
+    finish within BURST_S of the first count as the start, not as speed, unless the
+    whole run is that quick (a small folder on a fast CPU): its last line still says
+    the rate over everything after the first batch."""
 
     BURST_S = 0.05
 
     def __init__(self) -> None:
         self.first: tuple[float, int] | None = None  # (time, images done then)
+        self.burst_done = 0  # images done when the burst ended (or so far within it)
 
-    def update(self, done: int) -> float | None:
-        """The rate with ``done`` images finished now; None until there is one."""
+    def update(self, done: int, final: bool = False) -> float | None:
+        """The rate with ``done`` images finished now; None until there is one.
+        ``final``: the run's last images, so a run within the burst gets its rate."""
         now = time.perf_counter()
-        if self.first is None or now - self.first[0] < self.BURST_S:
-            start = self.first[0] if self.first is not None else now
-            self.first = (start, done)
+        if self.first is None:
+            self.first = (now, done)
+            self.burst_done = done
             return None
-        started, at_start = self.first
-        return (done - at_start) / (now - started)
+        started, first_done = self.first
+        if now - started < self.BURST_S:
+            self.burst_done = done
+            if final and done > first_done and now > started:
+                return (done - first_done) / (now - started)
+            return None
+        return (done - self.burst_done) / (now - started)
 
 
 def _stamper(run: RunInfo) -> Callable[[], str]:
