@@ -165,12 +165,13 @@ def timed_subprocess(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
-def cold_start(weights: Path, cache: Path) -> dict:
-    """`winclip score one.jpg` (warm text cache) against the naive sequence, side by side."""
+def cold_start(weights: Path, cache: Path, extra: tuple[str, ...] = ()) -> dict:
+    """`winclip score one.jpg` (warm text cache) against the naive sequence, side by side;
+    ``extra``: more CLI options (benchmarks/precision.py adds --precision)."""
     env = {**os.environ, "WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
     py = sys.executable
     cli = [py, "-m", "winclip_cli", "score", str(SAMPLE), "--weights", str(weights),
-           "--class", "textile", "--device", "cpu", "-q"]  # fmt: skip
+           "--class", "textile", "--device", "cpu", "-q", *extra]  # fmt: skip
     subprocess.run(cli, env=env, capture_output=True, check=True)  # warms the text cache
     ours_cli, _ = min(timed_subprocess(cli, env) for _ in range(3))
     naive_wall, naive_out = timed_subprocess(

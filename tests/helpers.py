@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -46,15 +47,19 @@ class Outcome:
 
 
 def run_runner(
-    args: Sequence[object], cwd: Path | None = None, env: dict[str, str] | None = None
+    args: Sequence[object],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | bytes | None = None,
 ) -> Outcome:
-    """`winclip ARGS` in this process, through Typer's CliRunner."""
+    """`winclip ARGS` in this process, through Typer's CliRunner (``stdin``: its input,
+    read by `-`; without a descriptor it is never taken for a piped list)."""
     previous = os.getcwd()
     if cwd is not None:
         os.chdir(cwd)
     try:
         result = CliRunner().invoke(
-            app, [str(a) for a in args], env={"COLUMNS": "200", **(env or {})}
+            app, [str(a) for a in args], input=stdin, env={"COLUMNS": "200", **(env or {})}
         )
     finally:
         os.chdir(previous)
@@ -78,6 +83,7 @@ def run_process(
         [str(WINCLIP), *(str(a) for a in args)],
         cwd=cwd,
         env=process_env(env),
+        stdin=subprocess.DEVNULL,  # not the test runner's: a piped one is a list of paths
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -158,9 +164,20 @@ def count_rows(path: Path, fmt: str) -> int:
 STAGES = ("model loaded: ", "text embeddings for ", "reference bank ", "scoring: ")
 
 
+# A log's lines start with the time and the run id (progress.Reporter with a run).
+LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d \[[0-9a-f]{6}\] ")
+
+
+def unstamped(line: str) -> str:
+    """A log line without its time and run id."""
+    return LOG_STAMP.sub("", line, count=1)
+
+
 def is_stage(line: str) -> bool:
-    """A stage line that a log (stderr not a terminal) gets before scoring."""
-    return line.startswith(STAGES)
+    """A line a log (stderr not a terminal) gets besides the run's messages: its first
+    (version, command, settings) and last (counts, exit code), stages and progress."""
+    text = unstamped(line)
+    return text.startswith((*STAGES, "winclip ", "finished: "))
 
 
 def invoke(args: list[str], cache: Path, settle: str | None = "0"):

@@ -411,7 +411,8 @@ USAGE_CASES = {  # "{tmp}" is the test's tmp_path, with empty/ and texts/ (no im
     "segment k > refs": ["segment", PARTS, "--ref", GOOD, "--k", "5"],
     "k 0": ["score", PARTS, "--ref", GOOD, "--k", "0"],
     "missing ref": ["fewshot", PARTS, "--ref", "{tmp}/no-such-ref"],
-    "output folder missing": ["score", PARTS, "-o", "{tmp}/nowhere/rows.csv"],
+    # A missing folder is made (as --out's is); one under a file cannot be.
+    "output folder under a file": ["score", PARTS, "-o", "{tmp}/texts/b.jpg.bak/x/rows.csv"],
 }
 
 
@@ -757,7 +758,7 @@ def test_download_prints_the_path(monkeypatch, tmp_path):
 
     calls = []
 
-    def fake(model, pretrained, cache_dir=None, allow_download=True):
+    def fake(model, pretrained, cache_dir=None, allow_download=True, downloading=False):
         calls.append((model, pretrained))
         return tmp_path / "weights.bin"
 
@@ -779,7 +780,7 @@ def test_download_of_a_local_folder_is_a_usage_error():
 def test_download_failure_exits_4(monkeypatch):
     import winclip_cli.backbone as backbone
 
-    def fake(model, pretrained, cache_dir=None, allow_download=True):
+    def fake(model, pretrained, cache_dir=None, allow_download=True, downloading=False):
         raise backbone.WeightsUnavailableError("the model hub cannot be reached")
 
     monkeypatch.setattr(backbone, "fetch_pretrained", fake)

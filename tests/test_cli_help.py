@@ -116,7 +116,7 @@ def readme_options() -> dict[str, set[str]]:
             rows = [r for r in body.split("\n\n")[0].splitlines() if r.startswith("| `")]
         for row in rows:
             first = row.split(" | ")[0] if row.startswith("|") else heading
-            names = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", first))
+            names = set(re.findall(r"(?<![\w-])(--?[a-zA-Z0-9][\w-]*)", first))
             for command in commands:
                 if command == "score" and "(segment, fewshot only)" in row:
                     continue

@@ -321,6 +321,7 @@ SETTINGS = {
     "tiles": None,
     "mode": "fewshot",
     "k": 2,
+    "precision": "bf16",  # what the scores were computed in (never "auto")
 }
 
 
@@ -371,6 +372,7 @@ def test_round_trip(tmp_path, maps, bank):
 
 def test_any_json_setting_survives(tmp_path):
     settings = {"a": [1, 2.5, None, True, "x"], "b": {"c": {"d": []}}, "e": "ünï\n"}
+    settings["precision"] = "fp32"  # a file without one is read as fp32 (older files)
     cal = Calibration(settings, [0.1], None, None, ["x.png"])
     save_calibration(cal, tmp_path / "x.cal")
     assert load_calibration(tmp_path / "x.cal").settings == settings

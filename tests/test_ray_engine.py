@@ -197,5 +197,8 @@ def test_a_tiled_segment_matches_local(ray_address, inputs, model, tmp_path):
 
 def test_maps_anomalous_on_ray_maps_exactly_as_maps_all(ray_address, model, tmp_path):
     """--maps anomalous wraps the Ray engine (it was refused with Ray), tiled too."""
-    check_maps_anomalous([PARTS, *model, *RAY, "--batch-size", "3"], tmp_path / "whole")
-    check_maps_anomalous([PARTS, *model, *RAY, "--tiles", "2x2"], tmp_path / "tiled")
+    # fp32: Ray Data forms its own batches, and at bf16 (auto on AMX) a map's last bits
+    # follow the batch it was computed in, so overlay bytes could differ.
+    fp32 = ["--precision", "fp32"]
+    check_maps_anomalous([PARTS, *model, *RAY, *fp32, "--batch-size", "3"], tmp_path / "whole")
+    check_maps_anomalous([PARTS, *model, *RAY, *fp32, "--tiles", "2x2"], tmp_path / "tiled")

@@ -381,7 +381,10 @@ def test_shards_merge_in_the_given_order(tmp_path):
     assert rows[3]["p_value"] == "0.012" and rows[3]["anomalous_pixels"] == "17"
     tree = parse_strict(render_report(rows))
     table = table_rows(tree)
-    assert [r[1] for r in table] == [r["path"] for r in rows]
+    # The table starts highest score first; its "#" column keeps the files' order.
+    assert [float(r[2]) for r in table] == sorted((float(r[2]) for r in table), reverse=True)
+    in_file_order = sorted(table, key=lambda r: int(r[0]))
+    assert [r[1] for r in in_file_order] == [r["path"] for r in rows]
     heads = [th.get("data-col") for th in next(tree.iter("thead")).iter("th")]
     assert heads[:4] == ["#", "path", "score", "p_value"] and "anomalous_pixels" in heads
     # the same shards concatenated by hand (headers kept in the middle) read the same

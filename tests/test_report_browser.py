@@ -181,7 +181,8 @@ def test_report_of_a_segment_run_in_chromium(segment_run, monkeypatch):
             expect(visible).to_have_count(10)
             expect(page.locator("#shown-count")).to_have_text("10 of 10 rows shown")
 
-            # the sort: by score up, then down; by path
+            # the sort: highest score first at the start; a click turns it up, then
+            # down; the first click on another column sorts it highest first
             column = page.locator("table#rows thead th").all_inner_texts().index("score")
 
             def score_cells() -> list[str]:
@@ -189,6 +190,9 @@ def test_report_of_a_segment_run_in_chromium(segment_run, monkeypatch):
                     f"table#rows tbody tr td:nth-child({column + 1})"
                 ).all_inner_texts()
 
+            expect(page.locator("th[data-col=score]")).to_have_attribute("aria-sort", "descending")
+            first_order = [float(s) for s in score_cells() if s]
+            assert first_order == sorted(first_order, reverse=True) and len(first_order) == 9
             page.click("th[data-col=score]")
             expect(page.locator("th[data-col=score]")).to_have_attribute("aria-sort", "ascending")
             up = score_cells()
@@ -199,8 +203,9 @@ def test_report_of_a_segment_run_in_chromium(segment_run, monkeypatch):
             down = [float(s) for s in score_cells() if s]
             assert down == sorted(down, reverse=True)
             page.click("th[data-col=path]")
+            expect(page.locator("th[data-col=path]")).to_have_attribute("aria-sort", "descending")
             paths_sorted = page.locator("table#rows tbody tr td:nth-child(2)").all_inner_texts()
-            assert paths_sorted == sorted(paths_sorted, key=str.lower)
+            assert paths_sorted == sorted(paths_sorted, key=str.lower, reverse=True)
 
             # the overlay link points at the full-size file beside the run
             href = first.locator("a.full").get_attribute("href")

@@ -1,4 +1,5 @@
-"""open_clip backbone: weights resolution, cheap construction, device and precision.
+"""open_clip backbone: weights resolution, cheap construction, device and precision
+(chosen by hardware.py).
 
 The model is built on the ``meta`` device (no random initialisation, which would cost
 seconds for the default model only to be overwritten) and its weights are then
@@ -8,7 +9,6 @@ assigned straight from the checkpoint, memory-mapped where the format allows.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -22,10 +22,11 @@ from urllib.parse import urlparse
 
 import torch
 
+from .architecture import architecture_hint, checkpoint_architecture, mismatch_summary
 from .errors import WeightsUnavailableError, exception_reason
+from .hardware import Precision, resolve, resolve_device
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, LOCAL_DIR
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
@@ -40,43 +41,21 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
-    dtype: torch.dtype  # autocast dtype; float32 means no autocast
+    precision: Precision  # what the vision tower computes in (resolved, never auto), and why
     source: str = ""  # where the weights came from (a file, a tag in the cache), for logs
+    checkpoint: str = ""  # the weights file read (absolute): calibrations and banks record it
+    pretrained: str | None = None  # the open_clip tag, when the weights are one
 
-
-def resolve_device(name: str) -> torch.device:
-    """Turn ``auto|cpu|cuda|mps`` (or ``cuda:N``) into a device that exists here."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but no CUDA GPU is available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name} was asked for but MPS is not available")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda or mps")
-    return device
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float format of the vision tower's matmuls (float32 for fp32 and int8)."""
+        return self.precision.dtype
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype for ``precision`` on ``device``; refuses combinations that would crawl."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use fp32, fp16 or bf16")
-    dtype = PRECISIONS[precision]
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("fp16 is not supported on the CPU: use --precision bf16 or fp32")
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU does not support bf16: use --precision fp16 or fp32")
-    return dtype
+    """The matmul dtype of ``precision`` (auto included) on ``device``; ValueError for
+    combinations that can't run (see precision.resolve)."""
+    return resolve(precision, device).dtype
 
 
 @contextlib.contextmanager
@@ -114,7 +93,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
-def _offline_help(model: str, pretrained: str) -> str:
+def _offline_help(model: str, pretrained: str, downloading: bool = False) -> str:
+    if downloading:  # `winclip download` itself: telling it to run itself helps no one
+        return (
+            f"cannot download weights {model}/{pretrained}: the model hub cannot be reached "
+            "from this machine. Run this command on a connected machine and copy its cache "
+            "folder (the path it prints) here, or give the scoring commands a local "
+            "checkpoint with --weights FILE"
+        )
     return (
         f"weights {model}/{pretrained} are not in the local cache and the model hub cannot "
         f"be reached. Run `winclip download --model {model} --pretrained {pretrained}` on a "
@@ -146,11 +132,16 @@ def hub_file(model: str, pretrained: str) -> tuple[str, str]:
 
 
 def fetch_pretrained(
-    model: str, pretrained: str, cache_dir: str | None = None, allow_download: bool = True
+    model: str,
+    pretrained: str,
+    cache_dir: str | None = None,
+    allow_download: bool = True,
+    downloading: bool = False,
 ) -> Path:
     """Path of the checkpoint for an open_clip tag: from the local cache, else downloaded.
 
-    Raises WeightsUnavailableError within seconds when offline and not cached.
+    Raises WeightsUnavailableError within seconds when offline and not cached
+    (``downloading``: the message is for `winclip download` itself).
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -167,7 +158,7 @@ def fetch_pretrained(
         except (LocalEntryNotFoundError, FileNotFoundError, OSError):
             continue
     if not allow_download or not _hub_reachable():
-        raise WeightsUnavailableError(_offline_help(model, pretrained))
+        raise WeightsUnavailableError(_offline_help(model, pretrained, downloading))
     errors = []
     for name in candidates:
         try:
@@ -250,57 +241,6 @@ def _build_on_meta(model: str) -> Any:  # open_clip's CLIP (see Backbone.clip)
             raise WeightsUnavailableError(f"cannot build model {model!r}: {exc}") from exc
 
 
-def checkpoint_architecture(state: dict[str, torch.Tensor]) -> dict[str, int] | None:
-    """The vision tower a state dict was made for, read from its tensor shapes: width and
-    patch size (conv1), input size (positional embedding), layers (resblocks); None when
-    it is not an open_clip ViT."""
-    conv = state.get("visual.conv1.weight")
-    pos = state.get("visual.positional_embedding")
-    if conv is None or pos is None or conv.ndim != 4 or pos.ndim != 2:
-        return None
-    width, patch = int(conv.shape[0]), int(conv.shape[-1])
-    grid = round((pos.shape[0] - 1) ** 0.5)
-    prefix = "visual.transformer.resblocks."
-    layers = {key[len(prefix) :].split(".", 1)[0] for key in state if key.startswith(prefix)}
-    return {"width": width, "layers": len(layers), "patch_size": patch, "image_size": grid * patch}
-
-
-@functools.cache
-def _vision_table(names: tuple[str, ...]) -> dict[str, tuple[int, int, int, int]]:
-    """(width, layers, patch size, input size) of every open_clip ViT config; keyed by the
-    list of names, so configs added later (add_model_config) are seen."""
-    import open_clip
-
-    table = {}
-    for name in names:
-        vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
-        size = vision.get("image_size")
-        size = size[0] if isinstance(size, (list, tuple)) else size
-        values = (vision.get("width"), vision.get("layers"), vision.get("patch_size"), size)
-        if all(isinstance(v, int) for v in values):
-            table[name] = values
-    return table
-
-
-def architecture_hint(state: dict[str, torch.Tensor], arch: dict[str, int] | None = None) -> str:
-    """One clause naming what a checkpoint looks like, and the open_clip names that fit
-    (``arch``: its checkpoint_architecture, when read before the state was adapted)."""
-    import open_clip
-
-    arch = arch or checkpoint_architecture(state)
-    if arch is None:
-        return "they are not an open_clip ViT checkpoint"
-    shape = (arch["width"], arch["layers"], arch["patch_size"], arch["image_size"])
-    names = [n for n, v in _vision_table(tuple(open_clip.list_models())).items() if v == shape]
-    looks = (
-        f"they look like a ViT of width {shape[0]}, {shape[1]} layers, patch {shape[2]}, "
-        f"input {shape[3]}"
-    )
-    if not names:
-        return looks + " (no open_clip model has that shape: try --model local-dir:PATH)"
-    return looks + f": try --model {' or '.join(names[:6])}"
-
-
 def _assign_weights(
     clip: Any, state: dict[str, torch.Tensor], source: str, model: str = "this model"
 ) -> None:
@@ -310,14 +250,14 @@ def _assign_weights(
     if "logit_scale" in state and state["logit_scale"].ndim != clip.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(clip.logit_scale.shape)
     resize_pos_embed(state, clip)
+    expected = {k: tuple(v.shape) for k, v in clip.state_dict().items()}
     try:
         clip.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:2])
         hint = architecture_hint(state, arch)
+        detail = mismatch_summary(expected, {k: tuple(v.shape) for k, v in state.items()})
         raise WeightsUnavailableError(
-            f"weights {source} do not fit --model {model}: {hint} ({detail[:160]})"
+            f"weights {source} do not fit --model {model}: {hint} ({detail})"
         ) from exc
     # Non-persistent buffers are not in a checkpoint: rebuild them on a real device.
     for name, buf in list(clip.named_buffers()):
@@ -347,7 +287,7 @@ def load_backbone(
     pretrained: str | None = DEFAULT_PRETRAINED,
     weights: str | os.PathLike[str] | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | Precision = "fp32",
     cache_dir: str | None = None,
 ) -> Backbone:
     """Build the open_clip model and load its weights.
@@ -357,7 +297,7 @@ def load_backbone(
     downloaded when ``weights`` is given. Raises WeightsUnavailableError on any failure.
     """
     torch_device = resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
+    chosen = resolve(precision, torch_device)
     import open_clip
 
     if model.startswith(LOCAL_DIR):
@@ -404,4 +344,6 @@ def load_backbone(
         if weights or model.startswith(LOCAL_DIR)
         else (f"{pretrained} from {checkpoint}")
     )
-    return Backbone(clip, model, weights_id, mean, std, torch_device, dtype, source)
+    tag = None if model.startswith(LOCAL_DIR) else pretrained
+    where = os.path.abspath(checkpoint)
+    return Backbone(clip, model, weights_id, mean, std, torch_device, chosen, source, where, tag)

@@ -3,13 +3,15 @@ refuses with a UsageError (exit 2) naming the option."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
 
-from .backbone import resolve_device, resolve_precision
+from .backbone import fetch_pretrained, resolve_device, resolve_precision
 from .bank import ReferenceBank, load_bank
-from .errors import BankFileError, PromptFileError, UsageError
+from .conformal import Calibration
+from .errors import BankFileError, PromptFileError, UsageError, WeightsUnavailableError
 from .options import (
     LOCAL_DIR,
     MAP_DTYPES,
@@ -20,8 +22,10 @@ from .options import (
 )
 from .overlaps import FileUse
 from .prompts import PRESETS, PromptSet, clean_class_name, resolve_prompts
+from .provenance import PROVENANCE_KEY, model_from_record
 from .rows import FORMATS
 from .scoring import check_temperature
+from .settings import load_for_run
 from .shards import parse_shard
 from .tiling import TileGrid, describe_grid, grid_of_meta, same_grid
 
@@ -140,6 +144,10 @@ def check_numbers(opts: RunOptions) -> None:
         raise UsageError("--settle must be 0 (off) or more seconds")
     if opts.resume and opts.to_stdout:
         raise UsageError("--resume needs -o FILE (the file to continue)")
+    if opts.resume and not opts.header:
+        raise UsageError("--no-header and --resume: a file to resume keeps its header")
+    if not (math.isfinite(opts.wait) and opts.wait >= 0):
+        raise UsageError("--wait must be 0 (exit 75 at once) or more seconds")
     if opts.rebuild_manifest and not opts.resume:
         raise UsageError("--rebuild-manifest goes with --resume (it repairs the run to resume)")
     if opts.to_stdout and sys.stdout is None:
@@ -225,3 +233,31 @@ def check_mutual(opts: RunOptions) -> None:
             "--maps anomalous with --pool: a pool score comes with its map, there is no "
             "cheaper first pass"
         )
+
+
+def cached_weights(model: str, tag: str) -> Path | None:
+    """The local cache's file of an open_clip tag; None when it is not there (nothing is
+    downloaded: a file's recorded model never starts a download)."""
+    try:
+        return fetch_pretrained(model, tag, allow_download=False)
+    except WeightsUnavailableError:
+        return None
+
+
+def model_of_file(opts: RunOptions, record: object, what: str) -> RunOptions:
+    """The run's options with the model a calibration or bank file recorded, when the
+    user chose none (provenance.model_from_record; UsageError naming what it needs)."""
+    model = model_from_record(opts.model, opts.given, record, what, cached_weights)
+    return opts if model is opts.model else dataclasses.replace(opts, model=model)
+
+
+def with_recorded_model(opts: RunOptions) -> tuple[RunOptions, Calibration | None]:
+    """The --calibration file, loaded, and the options with the model it (or a --ref
+    bank file) records when the user chose none (model_of_file)."""
+    if opts.calibration is not None:
+        cal = load_for_run(opts.calibration)
+        return model_of_file(opts, cal.model_record, f"--calibration {opts.calibration}"), cal
+    if opts.ref is not None and opts.ref.is_file():
+        record = read_bank_file(opts.ref).meta.get(PROVENANCE_KEY)
+        return model_of_file(opts, record, f"--ref {opts.ref}"), None
+    return opts, None

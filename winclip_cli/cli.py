@@ -8,7 +8,6 @@ The commands are imported when they run, not here: they pull in torch, and `--he
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
 import inspect
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -62,7 +61,10 @@ from .cli_options import (
     VerboseOpt,
     WeightsOpt,
     WorkersOpt,
+    command_settings,
+    reserve_standard_streams,
     run_options,
+    typed,
 )
 from .cli_review import review_app
 from .cli_run_options import (
@@ -75,6 +77,9 @@ from .cli_run_options import (
     KOpt,
     MapDtypeOpt,
     MapsModeOpt,
+    NoHeaderOpt,
+    NoRetryErrorsOpt,
+    NullOpt,
     OutOpt,
     OutputOpt,
     OverlayFormatOpt,
@@ -87,7 +92,6 @@ from .cli_run_options import (
     RefOpt,
     ReportOpt,
     ResumeOpt,
-    RetryErrorsOpt,
     SaveBankOpt,
     SaveMapsOpt,
     SaveMasksOpt,
@@ -95,6 +99,7 @@ from .cli_run_options import (
     SettleOpt,
     ShardOpt,
     ThresholdOpt,
+    WaitOpt,
 )
 from .errors import ExitCode, Interrupted, WinclipError
 from .options import (
@@ -104,6 +109,7 @@ from .options import (
     DEFAULT_MODEL,
     DEFAULT_MUTUAL_SET,
     DEFAULT_OUT_DIR,
+    DEFAULT_PRECISION,
     DEFAULT_PRETRAINED,
     DEFAULT_SETTLE,
     DEFAULT_TILE_OVERLAP,
@@ -111,6 +117,7 @@ from .options import (
 )
 from .progress import Reporter
 from .rows import discard_stdout
+from .runinfo import start_run
 from .version import __version__
 
 app = typer.Typer(
@@ -118,9 +125,9 @@ app = typer.Typer(
     help="Zero- and few-shot visual anomaly detection (WinCLIP) for folders of images.\n\n"
     "Rows go to stdout (or -o FILE); progress and messages go to stderr.\n\n"
     "Exit codes: 0 every input scored; 1 --fail-on-anomaly and an anomaly; 2 usage error; "
-    "3 some inputs unreadable (error rows); 4 model or weights not loaded; 75 --resume left "
-    "files still being written for the next run; 70 internal error; 130/143 interrupted; "
-    "141 stdout closed.",
+    "3 some inputs unreadable (error rows); 4 model or weights not loaded; 75 try again "
+    "later (files still being written, or another run holds the -o file); 70 internal "
+    "error; 130/143 interrupted; 141 stdout closed.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -134,17 +141,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _reserve_standard_streams() -> None:
-    """Put /dev/null on a closed stdin, stdout or stderr (`2>&-` in a cron line): else
-    the next file opened takes that number, and messages or a worker's output meant for
-    the terminal would land in it (the rows file, an overlay)."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
-
-
 @app.callback()
 def main(
     version: Annotated[
@@ -153,23 +149,18 @@ def main(
     ] = False,
 ) -> None:
     """Zero- and few-shot visual anomaly detection (WinCLIP) for folders of images."""
-    _reserve_standard_streams()
+    reserve_standard_streams()
 
 
-def _given(ctx: typer.Context) -> frozenset[str]:
-    """The parameters typed on the command line (not defaults or the environment)."""
-    # By name: Typer may carry its own copy of click's ParameterSource enum.
-    return frozenset(
-        name
-        for name in ctx.params
-        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-    )
-
-
-def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
-    """Run ``action(reporter)`` and turn every outcome into the documented exit code:
-    the one place where errors become messages and codes."""
-    reporter = Reporter(quiet=quiet)
+def _run(
+    action: Callable[[Any], int], quiet: bool, verbose: bool, ctx: typer.Context | None = None
+) -> None:
+    """Run ``action(reporter)``, turn every outcome into the documented exit code (the
+    one place where errors become messages and codes). A log gets a first line naming
+    the run (``ctx``: its command and settings), a last with counts, time, exit code."""
+    reporter = Reporter(quiet=quiet, run=start_run())
+    if ctx is not None:
+        reporter.begin(__version__, ctx.info_name or "winclip", command_settings(ctx))
     # Library warnings (a cache that can't be written, torch's advice) are messages like
     # ours: through the reporter, one line, silenced by --quiet.
     warnings.showwarning = lambda message, *_args, **_kw: reporter.warn(str(message))
@@ -195,6 +186,7 @@ def _run(action: Callable[[Any], int], quiet: bool, verbose: bool) -> None:
             traceback.print_exc(file=reporter.stream)  # never stdout, even with 2>&-
         reporter.error(f"internal error: {type(exc).__name__}: {exc} (--verbose shows details)")
         code = ExitCode.INTERNAL
+    reporter.finish(int(code))
     raise typer.Exit(int(code))
 
 
@@ -204,6 +196,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
     def command(
         ctx: typer.Context,
         paths: PathsOpt = None,
+        null: NullOpt = False,
         class_name: ClassOpt = DEFAULT_CLASS,
         ref: RefOpt = None,
         k: KOpt = None,
@@ -224,7 +217,9 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         false_alarm_rate: FalseAlarmRateOpt = None,
         save_masks: SaveMasksOpt = False,
         maps_mode: MapsModeOpt = "all",
-        retry_errors: RetryErrorsOpt = True,
+        no_retry_errors: NoRetryErrorsOpt = False,
+        no_header: NoHeaderOpt = False,
+        wait: WaitOpt = 0.0,
         rebuild_manifest: RebuildManifestOpt = False,
         settle: SettleOpt = DEFAULT_SETTLE,
         shard: ShardOpt = None,
@@ -240,7 +235,7 @@ def _scoring_command(mode: str) -> Callable[..., None]:
         pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
         weights: WeightsOpt = None,
         device: DeviceOpt = "auto",
-        precision: PrecisionOpt = "fp32",
+        precision: PrecisionOpt = DEFAULT_PRECISION,
         batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
         workers: WorkersOpt = None,
         tiles: TilesOpt = DEFAULT_TILES,
@@ -253,8 +248,8 @@ def _scoring_command(mode: str) -> Callable[..., None]:
     ) -> None:
         from .commands.run import run
 
-        options = run_options(mode, ctx.params, _given(ctx))
-        _run(lambda reporter: run(options, reporter), quiet, verbose)
+        given = typed(ctx)
+        _run(lambda r: run(run_options(mode, ctx.params, given), r), quiet, verbose, ctx)
 
     if mode == "score":  # score makes no images: hide the image options from its help
         signature = inspect.signature(command)
@@ -285,7 +280,7 @@ def calibrate_command(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = DEFAULT_PRECISION,
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
     workers: WorkersOpt = None,
     tiles: TilesOpt = DEFAULT_TILES,
@@ -304,7 +299,7 @@ def calibrate_command(
     from .commands.calibrate import run_calibrate
 
     options = calibrate_options(ctx.params)
-    _run(lambda reporter: run_calibrate(options, reporter), quiet, verbose)
+    _run(lambda reporter: run_calibrate(options, reporter), quiet, verbose, ctx)
 
 
 @app.command("eval")
@@ -326,7 +321,7 @@ def eval_command(
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = DEFAULT_PRECISION,
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
     workers: WorkersOpt = None,
     tiles: TilesOpt = DEFAULT_TILES,
@@ -345,11 +340,12 @@ def eval_command(
 
     from .commands.evaluate import eval_with_progress
 
-    _run(lambda reporter: eval_with_progress(options, reporter, quiet), quiet, verbose)
+    _run(lambda reporter: eval_with_progress(options, reporter, quiet), quiet, verbose, ctx)
 
 
 @app.command("report")
 def report_command(
+    ctx: typer.Context,
     rows: RowsOpt,
     output: ReportOutputOpt = Path("report.html"),
     gallery: GalleryOpt = 200,
@@ -363,10 +359,10 @@ def report_command(
 
     from .commands.report import report_command as report
 
-    _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose)
+    _run(lambda reporter: report(rows, output, gallery, title, reporter), quiet, verbose, ctx)
 
 
-app.add_typer(review_app(_run, _given), name="review")
+app.add_typer(review_app(_run, typed), name="review")
 
 
 @app.command()

@@ -4,6 +4,8 @@ parameter line in each command that takes it.
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,11 +13,14 @@ import typer
 
 from .options import (
     DEFAULT_OUT_DIR,
+    PRECISION_HELP,
     ModelOptions,
     RayOptions,
     RunOptions,
 )
+from .pathlists import resolve_inputs
 from .prompts import PRESETS
+from .runinfo import settings_line
 
 MODEL_PANEL = "Model"
 OUTPUT_PANEL = "Output"
@@ -61,9 +66,7 @@ WeightsOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=MODEL_PANEL)
 ]
-PrecisionOpt = Annotated[
-    str, typer.Option(help="fp32, fp16 (GPU) or bf16.", rich_help_panel=MODEL_PANEL)
-]
+PrecisionOpt = Annotated[str, typer.Option(help=PRECISION_HELP, rich_help_panel=MODEL_PANEL)]
 BatchOpt = Annotated[
     int,
     typer.Option(
@@ -89,11 +92,13 @@ TileOverlapOpt = Annotated[
         rich_help_panel=TILES_PANEL,
     ),
 ]
+_DEFAULT_PRESET, *_OTHER_PRESETS = PRESETS  # the first preset is the default
 PromptsOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
-        help=f"Prompt set: {' or '.join(PRESETS)} (the default), or a JSON prompt file "
-        "(normal / anomalous states, templates).",
+        help=f"Prompt set: {_DEFAULT_PRESET} (the default, the paper's ensemble), "
+        f"{', '.join(_OTHER_PRESETS)}, or a JSON prompt file (normal / anomalous states, "
+        "templates).",
         rich_help_panel=MODEL_PANEL,
         parser=output_arg,
         show_default=False,
@@ -195,10 +200,16 @@ IMAGE_OPTIONS: dict[str, Any] = {
 
 
 def run_options(mode: str, params: dict[str, Any], given: frozenset[str]) -> RunOptions:
-    """The RunOptions of score / segment / fewshot from their parsed parameters."""
+    """The RunOptions of score / segment / fewshot from their parsed parameters; the
+    inputs may be a list read from stdin (pathlists: UsageError when it is empty)."""
     v = {**IMAGE_OPTIONS, **params}
+    inputs = resolve_inputs(v["paths"], sys.stdin, v["null"])
     return RunOptions(
-        inputs=list(v["paths"]) if v["paths"] else [Path(".")],
+        inputs=inputs.paths,
+        listed=inputs.listed,
+        header=not v["no_header"],
+        wait=v["wait"],
+        verbose=v["verbose"],
         class_name=v["class_name"],
         maps=mode != "score",
         require_ref=mode == "fewshot",
@@ -226,12 +237,12 @@ def run_options(mode: str, params: dict[str, Any], given: frozenset[str]) -> Run
         false_alarm_rate=v["false_alarm_rate"],
         save_masks=v["save_masks"],
         maps_mode=v["maps_mode"],
-        retry_errors=v["retry_errors"],
+        retry_errors=not v["no_retry_errors"],
         rebuild_manifest=v["rebuild_manifest"],
         settle=v["settle"],
         shard=v["shard"],
         engine=v["engine"],
-        ray=RayOptions(v["ray_address"], v["ray_workers"], v["ray_gpus_per_worker"]),
+        ray=RayOptions(v["ray_address"], v["ray_workers"], v["ray_gpus_per_worker"], v["verbose"]),
         mutual=v["mutual"],
         mutual_set=v["mutual_set"],
         pool=v["pool"],
@@ -239,3 +250,36 @@ def run_options(mode: str, params: dict[str, Any], given: frozenset[str]) -> Run
         model=model_options(v),
         given=given,
     )
+
+
+def typed(ctx: typer.Context) -> frozenset[str]:
+    """The parameters typed on the command line (not defaults or the environment)."""
+    # By name: Typer may carry its own copy of click's ParameterSource enum.
+    return frozenset(
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    )
+
+
+def command_settings(ctx: typer.Context) -> str:
+    """A command's parameters as its log's first line shows them: the arguments, then
+    each option with a value by its longest name (``--class screw``)."""
+    pairs: list[tuple[str, object]] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        name = "" if param.param_type_name == "argument" else max(param.opts, key=len)
+        pairs.append((name, [str(v) for v in value] if isinstance(value, list) else value))
+    return settings_line(pairs)
+
+
+def reserve_standard_streams() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr (`2>&-` in a cron line): else
+    the next file opened takes that number, and messages or a worker's output meant for
+    the terminal would land in it (the rows file, an overlay). A closed stdin is then
+    no list of paths (pathlists)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one

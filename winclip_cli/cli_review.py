@@ -38,7 +38,7 @@ from .cli_options import (
     WorkersOpt,
     model_options,
 )
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_PRECISION, DEFAULT_PRETRAINED
 
 Boundary = Callable[[Callable[[Any], int], bool, bool], None]
 
@@ -73,7 +73,7 @@ def _apply_command(run: Boundary, given: Given) -> Callable[..., None]:
         pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
         weights: WeightsOpt = None,
         device: DeviceOpt = "auto",
-        precision: PrecisionOpt = "fp32",
+        precision: PrecisionOpt = DEFAULT_PRECISION,
         batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
         workers: WorkersOpt = None,
         cache_dir: CacheOpt = None,

@@ -18,7 +18,8 @@ from .rows import FORMATS
 PathsOpt = Annotated[
     Optional[list[Path]],  # noqa: UP045
     typer.Argument(
-        help="Image files and folders (walked recursively). Default: .",
+        help="Image files and folders (walked recursively); - reads a list of paths on "
+        "stdin. Default: the list piped to stdin, else the current folder.",
         show_default=False,
         parser=path_arg,
     ),
@@ -215,12 +216,50 @@ MapsModeOpt = Annotated[
 ]
 
 
-RetryErrorsOpt = Annotated[
+# One flag, not --retry-errors/--no-retry-errors: the pair's second name widened the
+# Output panel's name column and squeezed every help text beside it.
+NoRetryErrorsOpt = Annotated[
     bool,
     typer.Option(
-        "--retry-errors/--no-retry-errors",
-        help="With --resume, score error rows again (their new row replaces them).",
+        "--no-retry-errors",
+        help="With --resume, keep error rows as they are (by default they are scored "
+        "again, their new row replacing them).",
         rich_help_panel=OUTPUT_PANEL,
+    ),
+]
+
+
+NullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--null",
+        "-0",
+        help="The list on stdin is NUL-separated (find -print0), not one path a line.",
+        show_default=False,
+    ),
+]
+
+
+NoHeaderOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-header",
+        help="Leave the CSV header out (batches appended to one file, e.g. from xargs).",
+        rich_help_panel=OUTPUT_PANEL,
+        show_default=False,
+    ),
+]
+
+
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        help="When another run holds the -o file, wait up to SECONDS for it (default: "
+        "exit 75 at once, try again later).",
+        rich_help_panel=OUTPUT_PANEL,
+        metavar="SECONDS",
+        show_default=False,
     ),
 ]
 

@@ -27,6 +27,7 @@ import torch
 from .atomic import atomic_write
 from .bank import ReferenceBank, bank_from_payload, bank_payload
 from .errors import BankFileError, CalibrationError
+from .hardware import RESOLVED, UNRECORDED
 from .payloads import (
     BANK_FORMAT,
     CALIBRATION_FORMAT,
@@ -177,6 +178,9 @@ class Calibration:
     ``bank``: the few-shot reference bank; ``images``: the calibration images' paths;
     ``lineage``: how the file came to be, oldest first (each `review apply`: the old
     file's fingerprint, the verdict files' hashes, the images added and how).
+    ``settings["precision"]``: what the scores were computed in (fp32, bf16, fp16, int8).
+    ``model_record``: the model it was made with (provenance.ModelRecord as JSON), so a
+    run that names no model uses that one.
     """
 
     settings: dict[str, Any]
@@ -185,12 +189,18 @@ class Calibration:
     bank: ReferenceBank | None
     images: list[str]
     lineage: list[dict[str, Any]] = field(default_factory=list)
+    model_record: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.settings = _plain_json(self.settings)
         self.lineage = _plain_json({"lineage": self.lineage}, "lineage")["lineage"]
         if not isinstance(self.lineage, list) or not all(isinstance(e, dict) for e in self.lineage):
             raise CalibrationError("the lineage must be a list of records")
+        if self.precision not in RESOLVED:  # "auto" too: a file records what was used
+            raise CalibrationError(
+                f"calibration precision must be one of {', '.join(RESOLVED)}, "
+                f"got {self.precision!r}"
+            )
         self.scores = _as_scores(self.scores, "calibration scores")
         if self.map_maxima is not None:
             self.map_maxima = _as_scores(self.map_maxima, "calibration map maxima")
@@ -205,6 +215,11 @@ class Calibration:
             raise CalibrationError(
                 f"{len(self.images)} calibration image names for {self.scores.size} scores"
             )
+
+    @property
+    def precision(self) -> str:
+        """What the scores were computed in."""
+        return str(self.settings.get("precision", UNRECORDED))
 
     @property
     def n(self) -> int:
@@ -251,6 +266,8 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
     }
     if cal.lineage:  # files without one stay byte-identical to those made before
         payload["lineage"] = json.dumps(cal.lineage, allow_nan=False)
+    if cal.model_record is not None:  # the model it was made with (provenance)
+        payload["model"] = json.dumps(cal.model_record)
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
@@ -280,14 +297,17 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
     try:
         settings = json.loads(checked.settings)
         lineage = json.loads(checked.lineage)
+        record = None if checked.model is None else json.loads(checked.model)
     except ValueError as exc:
         raise CalibrationError(f"{damaged}: field settings or lineage: not JSON ({exc})") from None
     check(CalibrationSettings, settings, f"{damaged}: settings", CalibrationError)
+    # Files from before the precision was recorded were made at the CLI's fp32 default.
+    settings.setdefault("precision", UNRECORDED)
     scores = checked.scores.to(torch.float64).numpy()
     maxima = None if checked.map_maxima is None else checked.map_maxima.to(torch.float64).numpy()
     bank = None if checked.bank is None else _bank_from_payload(checked.bank, where)
     try:
-        return Calibration(settings, scores, maxima, bank, checked.images, lineage)
+        return Calibration(settings, scores, maxima, bank, checked.images, lineage, record)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

@@ -6,7 +6,7 @@ import os
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -96,13 +96,18 @@ def _folder_ids(folders: Iterable[Path | None]) -> set[tuple[int, int]]:
     return ids
 
 
-def find_images(inputs: Sequence[Path], exclude: Iterable[Path | None] = ()) -> list[InputImage]:
-    """Every image below the given files and folders, in sorted order, each once.
+def find_images(
+    inputs: Sequence[Path],
+    exclude: Iterable[Path | None] = (),
+    missing_ok: Collection[Path] = (),
+) -> list[InputImage]:
+    """Every image below the given files and folders, in the order given, each once.
 
-    Folders are walked recursively (image extensions only, case-insensitive); files
-    named explicitly are taken whatever their extension. Folders in ``exclude`` (the
-    tool's output folder, the reference folder) are never entered. Raises
-    FileNotFoundError for an input that does not exist.
+    Folders are walked recursively, in sorted order (image extensions only,
+    case-insensitive); files named explicitly are taken whatever their extension.
+    Folders in ``exclude`` (the tool's output folder, the reference folder) are never
+    entered. Raises FileNotFoundError for an input that does not exist, unless it is in
+    ``missing_ok`` (a list read from stdin): it is then an input, whose row says so.
     """
     skip = _folder_ids(exclude)
     seen: set[tuple[int, int]] = set()  # folders walked: through a second path, not again
@@ -110,7 +115,7 @@ def find_images(inputs: Sequence[Path], exclude: Iterable[Path | None] = ()) -> 
     for given in inputs:
         if given.is_dir():
             found.extend(_walk(given, skip, seen))
-        elif given.exists() or given.is_symlink():
+        elif given.exists() or given.is_symlink() or given in missing_ok:
             found.append(given)
         else:
             raise FileNotFoundError(f"no such file or folder: {given}")

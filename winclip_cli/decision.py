@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     import numpy as np
 
 ANOMALOUS, NORMAL = "anomalous", "normal"
+# An image decided anomalous whose map has no pixel above the pixel threshold: the
+# defect is in the whole picture (a wrong part, a colour cast), not at one place.
+WHOLE_IMAGE = "anomalous as a whole, no localized region"
+
+
+def is_whole_image(label: str, anomalous_pixels: int | str | None) -> bool:
+    """Whether a row (label, anomalous_pixels as written or read back) is a whole-image
+    anomaly: decided anomalous, and not one pixel above the pixel threshold."""
+    return label == ANOMALOUS and str(anomalous_pixels) == "0"
 
 
 @dataclass(frozen=True)

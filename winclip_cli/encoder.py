@@ -7,6 +7,8 @@ its token layout, the tokenizer). Everything here returns L2-normalised float32.
 from __future__ import annotations
 
 import contextlib
+import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .hardware import Precision
 from .windows import window_indices
 
 # Window sequences run in chunks of at most this many tokens. On a CPU small chunks keep
@@ -55,18 +58,126 @@ def _is_plain_block(block: torch.nn.Module) -> bool:
     )
 
 
-def _plain_block_forward(block: Any, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
+@dataclass
+class _FastBlock:
+    """One plain block's linear layers as the fast path runs them, made once.
+
+    fp32 uses the model's own tensors. bf16/fp16 hold copies in that format: autocast
+    would cast every fp32 weight again on every call (its cache keeps only weights that
+    require grad), about as much memory traffic as a window chunk's matmuls. The norms
+    keep their fp32 parameters (autocast handles them as before). int8 swaps in
+    dynamically quantised linear layers and computes the rest in fp32."""
+
+    block: Any  # supplies ln_1, ls_1, ln_2, ls_2 and the head count
+    in_proj: torch.nn.Module
+    out_proj: torch.nn.Module
+    mlp: torch.nn.Module
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    """An nn.Linear holding these very tensors (no copy)."""
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias, requires_grad=False)
+    return layer
+
+
+def quantise_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantisation of the module's nn.Linear layers, in place (torch's own:
+    int8 weights per output channel, each input quantised per call)."""
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:  # announced for removal from torch; not worth a crash
+        raise ValueError(
+            "--precision int8 needs torch.ao.quantization, which this torch lacks: "
+            "use --precision fp32 or bf16"
+        ) from exc
+    with warnings.catch_warnings():  # its deprecation notices are not the user's concern
+        warnings.simplefilter("ignore")
+        spec: dict[Any, Any] = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        return quantize_dynamic(module, spec, inplace=True)
+
+
+class _OneDnnLinear(torch.nn.Module):
+    """A bf16 linear layer, and a GELU after it when asked, in one oneDNN call on the CPU.
+
+    aten's bf16 linear first copies the bias into every output row and runs GELU as a
+    pass of its own; profiled, those took about a third of a bf16 window pass. oneDNN
+    adds the bias and applies the GELU inside its matmul."""
+
+    def __init__(self, linear: torch.nn.Linear, gelu: str | None = None) -> None:
+        super().__init__()
+        self.weight = linear.weight.detach().to(torch.bfloat16)
+        bias = linear.bias
+        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
+        self.attr, self.algorithm = ("none", "") if gelu is None else ("gelu", gelu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x is fp32 after an fp32 LayerScale (autocast cast it for aten's linear).
+        return torch.ops.mkldnn._linear_pointwise(
+            x.to(torch.bfloat16), self.weight, self.bias, self.attr, [], self.algorithm
+        )
+
+
+def _onednn_usable(block: Any, precision: Precision) -> bool:
+    """bf16 on a CPU whose torch has oneDNN's fused linear, and the usual MLP layout."""
+    mlp = block.mlp
+    return (
+        precision.name == "bf16"
+        and block.attn.in_proj_weight.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and isinstance(mlp, torch.nn.Sequential)
+        and [type(m) for m in (getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None))]
+        == [torch.nn.Linear, torch.nn.Linear]
+        and len(mlp) == 3
+    )
+
+
+def _onednn_block(block: Any) -> _FastBlock:
+    attn, mlp = block.attn, block.mlp
+    in_proj = _OneDnnLinear(_linear(attn.in_proj_weight, attn.in_proj_bias))
+    act = mlp[1]
+    if type(act) is torch.nn.GELU and act.approximate in ("none", "tanh"):
+        layers = [_OneDnnLinear(mlp.c_fc, gelu=act.approximate), _OneDnnLinear(mlp.c_proj)]
+    else:  # QuickGELU (OpenAI weights) and others stay a pass of their own
+        layers = [_OneDnnLinear(mlp.c_fc), act, _OneDnnLinear(mlp.c_proj)]
+    mlp_fast = torch.nn.Sequential(*layers)
+    return _FastBlock(block, in_proj, _OneDnnLinear(attn.out_proj), mlp_fast)
+
+
+def _fast_block(block: Any, precision: Precision) -> _FastBlock:
+    """A plain block's linear layers made ready for ``precision`` (see _FastBlock)."""
+    attn = block.attn
+    if _onednn_usable(block, precision):
+        return _onednn_block(block)
+    if precision.name == "fp32":
+        in_proj = _linear(attn.in_proj_weight, attn.in_proj_bias)
+        return _FastBlock(block, in_proj, attn.out_proj, block.mlp)
+    # New modules around the model's tensors: converting them leaves the model as it is.
+    layers: Any = torch.nn.ModuleList(
+        [
+            _linear(attn.in_proj_weight, attn.in_proj_bias),
+            _linear(attn.out_proj.weight, attn.out_proj.bias),
+            copy.deepcopy(block.mlp),
+        ]
+    )
+    layers = quantise_int8(layers) if precision.quantised else layers.to(precision.dtype)
+    return _FastBlock(block, layers[0], layers[1], layers[2])
+
+
+def _plain_block_forward(fast: _FastBlock, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
     """ResidualAttentionBlock.forward on batch-first (S, L, W) sequences.
 
     The same arithmetic as open_clip's block, through scaled_dot_product_attention; with
     ``class_token_only`` only the class token's output (S, 1, W) is computed, which is all
     the last layer of a window pass needs.
     """
-    attn = block.attn
-    heads = attn.num_heads
+    block = fast.block
+    heads = block.attn.num_heads
     seqs, length, width = x.shape
-    h = block.ln_1(x)
-    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = fast.in_proj(block.ln_1(x)).chunk(3, dim=-1)
     if class_token_only:
         q, x = q[:, :1], x[:, :1]
     q_len = q.shape[1]
@@ -74,9 +185,19 @@ def _plain_block_forward(block: Any, x: torch.Tensor, class_token_only: bool) ->
     k = k.reshape(seqs, length, heads, -1).transpose(1, 2)
     v = v.reshape(seqs, length, heads, -1).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v)
-    out = attn.out_proj(out.transpose(1, 2).reshape(seqs, q_len, width))
+    out = fast.out_proj(out.transpose(1, 2).reshape(seqs, q_len, width))
     x = x + block.ls_1(out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x + block.ls_2(fast.mlp(block.ln_2(x)))
+
+
+def _concat(parts: list[Features]) -> Features:
+    """The features of several batches as one."""
+    first = parts[0]
+    patches = None
+    if first.patch_tokens is not None:
+        patches = torch.cat([p.patch_tokens for p in parts if p.patch_tokens is not None])
+    wins = {k: torch.cat([p.windows[k] for p in parts]) for k in first.windows}
+    return Features(torch.cat([p.embedding for p in parts]), patches, wins)
 
 
 class WindowEncoder:
@@ -98,6 +219,14 @@ class WindowEncoder:
         self.window_token_budget = CPU_WINDOW_TOKENS if cpu else ACCELERATOR_WINDOW_TOKENS
         self.windows = {k: window_indices(*self.grid_size, k).to(self.device) for k in scales}
         self.fast_blocks = all(_is_plain_block(b) for b in v.transformer.resblocks)
+        self.precision = backbone.precision
+        if self.precision.quantised and not self.fast_blocks:
+            raise ValueError(
+                "--precision int8 needs open_clip's standard transformer blocks, which this "
+                "model does not have: use --precision fp32 or bf16"
+            )
+        blocks = v.transformer.resblocks if self.fast_blocks else []
+        self.blocks = [_fast_block(b, self.precision) for b in blocks]
         self._tokenizer: Any = None
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -141,10 +270,10 @@ class WindowEncoder:
         if not self.fast_blocks:  # open_clip's own forward handles its layout
             out = self.visual.transformer(x)
             return out[:, :1] if class_token_only else out
-        blocks = self.visual.transformer.resblocks
-        last = len(blocks) - 1
-        for i, block in enumerate(blocks):
-            x = _plain_block_forward(block, x, class_token_only and i == last)
+        last = len(self.blocks) - 1
+        x = x.to(self.precision.dtype)  # the residual stream in bf16/fp16, as autocast had it
+        for i, fast in enumerate(self.blocks):
+            x = _plain_block_forward(fast, x, class_token_only and i == last)
         return x
 
     def _project(self, class_tokens: torch.Tensor) -> torch.Tensor:
@@ -170,6 +299,12 @@ class WindowEncoder:
     @torch.inference_mode()
     def encode(self, x: torch.Tensor, windows: bool = True, patch_tokens: bool = False) -> Features:
         """Image embedding, and on request window embeddings and patch tokens, of (B, 3, H, W)."""
+        if self.precision.quantised and x.shape[0] > 1:
+            # int8 quantises each linear layer's input with one scale for the whole tensor:
+            # images passed together would move each other's scores (by 2e-3 on the tiny
+            # model), so a row would depend on its batch. One image at a time, it doesn't.
+            parts = [self.encode(one, windows, patch_tokens) for one in x.split(1)]
+            return _concat(parts)
         x = x.to(self.device, non_blocking=True)
         with self._autocast():
             tokens = self._embed_tokens(x.to(self.visual.conv1.weight.dtype))
@@ -188,10 +323,11 @@ class WindowEncoder:
         """Number of transformer blocks of the visual tower."""
         return len(self.visual.transformer.resblocks)
 
-    def _run_block(self, block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """One transformer block on batch-first (B, L, W) tokens."""
-        if self.fast_blocks:
-            return _plain_block_forward(block, x, class_token_only=False)
+    def _run_block(self, index: int, block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One transformer block (the ``index``-th) on batch-first (B, L, W) tokens."""
+        if self.fast_blocks:  # in the run's precision, as _transformer runs it
+            fast = self.blocks[index]
+            return _plain_block_forward(fast, x.to(self.precision.dtype), class_token_only=False)
         if getattr(self.visual.transformer, "batch_first", True):
             return block(x)
         return block(x.transpose(0, 1)).transpose(0, 1)
@@ -208,7 +344,7 @@ class WindowEncoder:
         with self._autocast():
             tokens = self._embed_tokens(x.to(self.visual.conv1.weight.dtype))
             for number, block in enumerate(self.visual.transformer.resblocks, start=1):
-                tokens = self._run_block(block, tokens)
+                tokens = self._run_block(number - 1, block, tokens)
                 if number in blocks:
                     taps[number] = tokens[:, 1:].float()
             embedding = self._project(tokens[:, 0])

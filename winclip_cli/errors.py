@@ -26,7 +26,9 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad option, missing path, no images, or the output can't be written
     UNREADABLE = 3  # some inputs have error rows; all others were scored
     MODEL = 4  # the model or its weights could not be loaded
-    PENDING = 75  # --resume left files still being written for the next run (EX_TEMPFAIL)
+    # Try again later (EX_TEMPFAIL): --resume left files still being written for the next
+    # run, or another run holds the -o file.
+    PENDING = 75
     INTERNAL = 70  # a bug
     INTERRUPTED = 130
     BROKEN_PIPE = 141
@@ -133,8 +135,11 @@ class Interrupted(BaseException):
         self.code = code
 
 
-class FileBusyError(UsageError):
-    """Another process holds the rows file (an overlapping run on the same -o FILE)."""
+class FileBusyError(WinclipError):
+    """Another process holds the rows file (an overlapping run on the same -o FILE): not
+    a usage error but "try again later" (exit 75), which a cron recipe skips quietly."""
+
+    exit_code = ExitCode.PENDING
 
 
 class PoolFileError(WinclipError, ValueError):

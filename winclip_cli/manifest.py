@@ -99,6 +99,9 @@ class RunManifest:
     settings: dict[str, Any]
     weights: str | None = None
     inputs: dict[str, Identity] = field(default_factory=dict)  # resume key -> identity
+    # What a report made later from the rows shows (report_context): the header, the
+    # threshold, the calibration's scores. Not compared on --resume.
+    context: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         data = {
@@ -108,6 +111,7 @@ class RunManifest:
             "settings": self.settings,
             "weights": self.weights,
             "inputs": self.inputs,
+            "context": self.context,
         }
         # ASCII with escapes: names that are not UTF-8 (surrogates) round-trip.
         return (json.dumps(data, ensure_ascii=True, indent=1) + "\n").encode()
@@ -133,6 +137,7 @@ class _ManifestFile(FileSchema):
     settings: dict[str, Any]
     weights: str | None = None
     inputs: dict[str, _InputIdentity]
+    context: dict[str, Any] | None = None  # what a later report shows (report_context)
 
 
 class ManifestDamagedError(DamagedFileError):
@@ -201,7 +206,7 @@ def read_manifest(rows: Path) -> RunManifest | None:
         key: entry.model_dump(include={"size", "mtime_ns", "sha256"})
         for key, entry in checked.inputs.items()
     }
-    return RunManifest(checked.settings, checked.weights, inputs)
+    return RunManifest(checked.settings, checked.weights, inputs, checked.context)
 
 
 def rebuilt_manifest(

@@ -18,11 +18,13 @@ from .bank import ReferenceBank
 from .cache import TextEmbeddingCache
 from .encoder import Features, WindowEncoder
 from .errors import BankMismatchError, WeightsUnavailableError
+from .hardware import Precision, mismatch, recorded
 from .imaging import Preprocessor
 from .mutual_scorer import MutualScorer
 from .options import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEFAULT_SCALES, ModelOptions
 from .pool import MutualPool
 from .prompts import PromptSet, clean_class_name
+from .provenance import PROVENANCE_KEY, record_of
 from .scoring import (
     association,
     check_temperature,
@@ -91,8 +93,18 @@ class WinClip:
         self.text_source = ""  # how the last text_embeddings came: cached or encoded (logs)
         self.preprocessor = Preprocessor(self.input_size, backbone.mean, backbone.std)
         # A bank checked against this model and moved to its device carries this mark.
-        self._bank_mark = f"{backbone.weights_id}:{self.scales}:{self.device}"
+        self._bank_mark = f"{backbone.weights_id}:{self.scales}:{self.device}:{self.precision}"
         self.mutual = MutualScorer(self.encoder, backbone)
+
+    @property
+    def precision(self) -> str:
+        """What the vision tower computes in: fp32, bf16, fp16 or int8 (never auto)."""
+        return self.backbone.precision.name
+
+    @property
+    def precision_reason(self) -> str:
+        """Why that precision, for the 'model loaded' line (e.g. 'bf16: CPU has AMX')."""
+        return self.backbone.precision.reason
 
     @classmethod
     def load(
@@ -101,7 +113,7 @@ class WinClip:
         pretrained: str | None = DEFAULT_PRETRAINED,
         weights: str | os.PathLike[str] | None = None,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str | Precision = "fp32",
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         prompts: PromptSet | None = None,
@@ -110,6 +122,9 @@ class WinClip:
     ) -> WinClip:
         """Load an open_clip model (tag, local ``weights`` file or ``local-dir:``) for scoring.
 
+        ``precision``: fp32 (the default, so a library call gives the same numbers on
+        every machine), bf16, fp16 (GPU), int8 (CPU) or auto (see hardware.choose_auto).
+        Scores and maps come back as float32 whatever it is.
         Raises backbone.WeightsUnavailableError when the weights can't be had.
         """
         backbone = load_backbone(model, pretrained, weights, device, precision)
@@ -123,7 +138,11 @@ class WinClip:
             pretrained=m.pretrained,
             weights=m.weights,
             device=m.device,
-            precision=m.precision,
+            precision=(
+                m.precision
+                if m.precision_reason is None
+                else Precision(m.precision, m.precision_reason)
+            ),
             cache_dir=m.cache_dir,
             prompts=prompts,
             temperature=m.temperature,
@@ -199,6 +218,7 @@ class WinClip:
 
     def bank_meta(self, num_images: int) -> dict[str, Any]:
         """What a bank built by this model records about it."""
+        b = self.backbone
         return {
             "model": self.backbone.model_name,
             "weights": self.backbone.weights_id,
@@ -206,6 +226,11 @@ class WinClip:
             "grid_size": list(self.grid_size),
             "scales": list(self.scales),
             "num_images": int(num_images),
+            # Resolved (never auto): the features, and so the scores, depend on it.
+            "precision": self.precision,
+            # The model, tag and weights file, so a run with --ref BANK and no model
+            # options uses them (provenance); not compared by check_bank.
+            PROVENANCE_KEY: record_of(b.model_name, b.pretrained, b.checkpoint),
         }
 
     def check_bank(self, bank: ReferenceBank) -> ReferenceBank:
@@ -224,6 +249,9 @@ class WinClip:
                 f"{bank.meta.get('model')!r}, weights {bank.meta.get('weights')!r}) than this "
                 f"model's ({mine['model']!r}, {mine['weights']!r}): rebuild it from the images"
             )
+        refused = mismatch(recorded(bank.meta), self.precision, "reference bank")
+        if refused:
+            raise BankMismatchError(refused)
         for field in ("input_size", "grid_size", "scales"):
             if bank.meta.get(field) != mine[field]:
                 raise BankMismatchError(

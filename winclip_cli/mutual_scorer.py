@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .backbone import PRECISIONS, Backbone
+from .backbone import Backbone
 from .encoder import WindowEncoder
 from .errors import PoolMismatchError
 from .mutual import (
@@ -32,7 +32,7 @@ class MutualScorer:
         self.backbone = backbone
         self.blocks = tapped_blocks(encoder.depth)
         # A pool checked against this model and moved to its device carries this mark.
-        self._pool_mark = f"{backbone.weights_id}:{backbone.dtype}:{encoder.device}"
+        self._pool_mark = f"{backbone.weights_id}:{backbone.precision.name}:{encoder.device}"
 
     @property
     def matmul_dtype(self) -> torch.dtype:
@@ -92,8 +92,7 @@ class MutualScorer:
     def pool_meta(self, num_images: int) -> dict[str, Any]:
         """What a pool made by this model records about it."""
         enc = self.encoder
-        names = {dtype: name for name, dtype in PRECISIONS.items()}
-        precision = names.get(self.backbone.dtype, str(self.backbone.dtype))
+        precision = self.backbone.precision.name  # resolved: fp32, bf16, fp16 or int8
         return {
             "model": self.backbone.model_name,
             "weights": self.backbone.weights_id,

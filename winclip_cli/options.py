@@ -17,7 +17,12 @@ DEFAULT_CLASS = "object"
 LOCAL_DIR = "local-dir:"  # --model local-dir:PATH: an open_clip model folder
 DEFAULT_FORMAT = "csv"
 DEFAULT_SETTLE = 2.0  # seconds: with --resume, files modified more recently wait a run
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DEFAULT_PRECISION = "auto"  # the CLI's; the library (WinClip.load) keeps fp32
+PRECISION_HELP = (
+    "auto (bf16 on a CPU with AMX, fp16 on CUDA, fp32 elsewhere), fp32, bf16, fp16 (GPU) "
+    "or int8 (CPU, opt-in). Recorded in banks, calibrations and the manifest."
+)
 DEFAULT_FALSE_ALARM_RATE = 0.01  # --false-alarm-rate with --calibration
 MAP_MODES = ("all", "anomalous")  # --maps: every image, or only those decided anomalous
 ENGINES = ("local", "ray")
@@ -42,10 +47,12 @@ class ModelOptions:
     pretrained: str | None = DEFAULT_PRETRAINED
     weights: Path | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     prompts: str | Path | None = None  # a preset name (prompts.PRESETS) or a JSON file
     temperature: float | None = None
     cache_dir: Path | None = None
+    # Why, when the precision came from a file (a calibration's, a bank's), for the log.
+    precision_reason: str | None = None
 
 
 @dataclass
@@ -55,6 +62,7 @@ class RayOptions:
     address: str | None = None  # None: $RAY_ADDRESS, else a local Ray for this run
     workers: int | None = None  # actor pool size; None: DEFAULT_RAY_WORKERS
     gpus_per_worker: float | None = None  # None: 0
+    verbose: bool = False  # --verbose: Ray's own log lines and its workers' output shown
 
     @property
     def given(self) -> list[str]:
@@ -110,6 +118,10 @@ class RunOptions:
     # Options the user typed (CLI parameter names), so a calibration's settings can fill
     # the others and refuse only real contradictions.
     given: frozenset[str] = frozenset()
+    listed: frozenset[Path] = frozenset()  # inputs read from a list on stdin (pathlists)
+    header: bool = True  # --no-header: no CSV header (xargs batches appended to one file)
+    wait: float = 0.0  # --wait SECONDS for an -o file another run holds (0: exit 75 at once)
+    verbose: bool = False  # --verbose: tracebacks of bugs, and Ray's own log lines
 
     @property
     def to_stdout(self) -> bool:

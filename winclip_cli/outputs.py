@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -11,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write
 from .data import open_image
+from .decision import ANOMALOUS, WHOLE_IMAGE
 from .scoring import upsample
 from .tiling import stitch
 
@@ -143,15 +145,18 @@ class ColourScale:
 
 @dataclass(frozen=True)
 class Caption:
-    """What an overlay says about its image: score, label, p-value."""
+    """What an overlay says about its image: score, label, p-value; ``whole_image``: an
+    anomalous image without an anomalous region (decision.WHOLE_IMAGE)."""
 
     score: float | None
     label: str
     p_value: float | None
+    whole_image: bool = False
 
     def text(self) -> str:
         parts = [] if self.score is None else [f"score {self.score:.6f}"]
-        parts += [self.label] if self.label else []
+        label = WHOLE_IMAGE if self.whole_image else self.label
+        parts += [label] if label else []
         parts += [] if self.p_value is None else [f"p {self.p_value:.6f}"]
         return "  ".join(parts)
 
@@ -175,7 +180,7 @@ def _draw_caption(canvas: Image.Image, caption: Caption) -> None:
     pad = max(2, size // 4)
     box = draw.textbbox((pad, pad), caption.text(), font=font)
     draw.rectangle([0, 0, box[2] + pad, box[3] + pad], fill=(0, 0, 0))
-    colour = CONTOUR_COLOUR if caption.label == "anomalous" else (255, 255, 255)
+    colour = CONTOUR_COLOUR if caption.label == ANOMALOUS else (255, 255, 255)
     draw.text((pad, pad), caption.text(), fill=colour, font=font)
 
 
@@ -218,6 +223,18 @@ def region_outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
     return edge
 
 
+def _mark_point(canvas: Image.Image, point: tuple[int, int]) -> None:
+    """A red ring with a cross at ``point``: where a reviewer looks first."""
+    radius = max(6, min(canvas.size) // 20)
+    width = max(2, radius // 5)
+    (x, y), arm = point, radius // 2
+    draw = ImageDraw.Draw(canvas)
+    ring = [x - radius, y - radius, x + radius, y + radius]
+    draw.ellipse(ring, outline=CONTOUR_COLOUR, width=width)
+    draw.line([x - arm, y, x + arm, y], fill=CONTOUR_COLOUR, width=width)
+    draw.line([x, y - arm, x, y + arm], fill=CONTOUR_COLOUR, width=width)
+
+
 def render_overlay(
     image: Image.Image,
     anomaly_map: np.ndarray,
@@ -225,12 +242,14 @@ def render_overlay(
     region: np.ndarray | None = None,
     caption: Caption | None = None,
     max_side: int | None = None,
+    hotspot: tuple[int, int] | None = None,
 ) -> Image.Image:
     """The heatmap (same size as ``image``) blended over the image, with a colour bar.
 
     Without ``scale`` the colours are absolute (0..1); with it they are anchored on a
     calibration. ``region``: the anomalous pixels, outlined; ``caption``: drawn top left;
-    ``max_side``: downscaled so its longer side is at most that (legend drawn after).
+    ``max_side``: downscaled so its longer side is at most that (legend drawn after);
+    ``hotspot``: (x, y) on the image to mark (a whole-image anomaly's hottest point).
     """
     values = anomaly_map if scale is None else scale.positions(anomaly_map)
     heat = Image.fromarray(colorize(values))
@@ -244,6 +263,9 @@ def render_overlay(
         ratio = max_side / max(canvas.size)
         size = (max(1, round(canvas.width * ratio)), max(1, round(canvas.height * ratio)))
         canvas = canvas.resize(size, Image.Resampling.LANCZOS)
+    if hotspot is not None:
+        fx, fy = canvas.width / image.width, canvas.height / image.height
+        _mark_point(canvas, (round(hotspot[0] * fx), round(hotspot[1] * fy)))
     if scale is None:
         _draw_legend(canvas)
     else:
@@ -348,8 +370,14 @@ def write_image_outputs(
     picture = open_image(image.path)
     full = full_map(grid_map, tiles, picture.height, picture.width)
     region = None if pixel_threshold is None else anomalous_region(full, pixel_threshold)
+    hotspot = None
+    if caption is not None and caption.label == ANOMALOUS and not (region is None or region.any()):
+        # Anomalous as a whole: say so, and mark the map's hottest point (look there first).
+        caption = dataclasses.replace(caption, whole_image=True)
+        row, col = np.unravel_index(int(np.argmax(full)), full.shape)
+        hotspot = (int(col), int(row))
     overlay = output_name(out_dir, image.relative, style.suffix)
-    rendered = render_overlay(picture, full, scale, region, caption, style.max_side)
+    rendered = render_overlay(picture, full, scale, region, caption, style.max_side, hotspot)
     del picture
     save_overlay(rendered, overlay, style.fmt)
     del rendered

@@ -24,6 +24,16 @@ def check_writable_file(path: Path) -> None:
         raise UsageError(f"cannot write {path}: permission denied")
 
 
+def check_rows_file(path: Path) -> None:
+    """check_writable_file for -o FILE, whose folder may be new: then it must be one
+    that can be created (RowsFile makes it, as --out's is made)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() or folder == folder.parent:
+        check_writable_file(path)
+    else:
+        check_out_dir(folder)
+
+
 def check_out_dir(out_dir: Path) -> None:
     """The folder exists and is writable, or can be created: checked, not created, so a
     run that stops early leaves no empty folder behind."""

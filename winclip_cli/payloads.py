@@ -110,3 +110,4 @@ class CalibrationFile(FileSchema):
     bank: dict[str, Any] | None  # checked as a BankFile, for its own message
     images: list[str]
     lineage: str = "[]"  # JSON: each `review apply` that made it (absent: none)
+    model: str | None = None  # JSON: the model it was made with (provenance; absent: none)

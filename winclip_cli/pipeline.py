@@ -7,6 +7,7 @@ input order; RowSink writes each row as soon as its images are on disk.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Generator, Sequence
@@ -29,8 +30,8 @@ from .model import WinClip
 from .planning import Plan
 from .pool import MutualPool
 from .pool_source import build_pool
-from .progress import Reporter
-from .reportsink import ReportSink
+from .progress import Reporter, rows_and_files
+from .reportsink import ReportSink, run_context_of
 from .rowsink import RowSink, Tally
 from .settings import check_loaded, fingerprint
 from .tiling import TileGrid, TileGridError, grid_meta
@@ -40,9 +41,27 @@ if TYPE_CHECKING:
 
 
 def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCode:
-    """Run a checked Plan: load what it needs, score ``p.todo``, write the rows."""
+    """Run a checked Plan: load what it needs, score ``p.todo``, write the rows. The
+    counts of the rows written (kept ones included) go to ``reporter.counts``."""
+    tally = Tally(pending=len(p.resume.pending))
+    try:
+        return _execute(p, reporter, tally, model)
+    finally:
+        reporter.counts = run_counts(p, tally)
+
+
+def run_counts(p: Plan, tally: Tally) -> str:
+    """'10 rows (9 files present, 1 no longer on disk): 9 ok, 1 error(s), ...'."""
+    gone = sum(1 for key in p.kept if not os.path.lexists(key))
+    text = f"{rows_and_files(tally.ok + tally.errors, gone)}: {tally.ok} ok"
+    text += f", {tally.errors} error(s)" if tally.errors else ""
+    if p.rule is not None:
+        text += f", {tally.anomalous} {p.rule.describe()}"
+    return text + (f", {tally.pending} left for the next run" if tally.pending else "")
+
+
+def _execute(p: Plan, reporter: Reporter, tally: Tally, model: WinClip | None) -> ExitCode:
     resumed, out = p.resume, p.outputs
-    tally = Tally(pending=len(resumed.pending))
     for row in p.kept.values():
         tally.add(row.get("status", ""), row.get("label", ""))
     _tell_resume(p, reporter)
@@ -61,7 +80,9 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
     if p.done and not p.todo and not saves:  # nothing left: no model needed
         if resumed.manifest is not None and (resumed.recorded_weights or resumed.rebuilt):
             resumed.manifest.weights = resumed.recorded_weights  # new identities, same run
+            resumed.manifest.context = run_context_of(p)
             resumed.manifest.write(p.rows_file.path)  # type: ignore[union-attr]
+        reporter.info(f"nothing new to score; {run_counts(p, tally)}")
         return tally.exit_code(p.fail_on_anomaly)
     if not p.todo and not p.done and not saves:  # every input still settling
         return tally.exit_code(p.fail_on_anomaly)
@@ -72,6 +93,7 @@ def execute(p: Plan, reporter: Reporter, model: WinClip | None = None) -> ExitCo
                 weights = scorer.model.backbone.weights_id
                 refuse_other_weights(p.rows_file.path, resumed.recorded_weights, weights)
                 resumed.manifest.weights = weights
+                resumed.manifest.context = run_context_of(p)
                 with section():
                     resumed.manifest.write(p.rows_file.path)
             engine = build_engine(p.engine, scorer, reporter.warn)
@@ -134,7 +156,8 @@ def load_scorer(p: Plan, reporter: Reporter, model: WinClip | None = None) -> Sc
     """The model (loaded unless given), the class's text embeddings and the bank."""
 
     wc = model or WinClip.from_options(p.engine.model, p.prompts)
-    reporter.stage(f"model loaded: {wc.backbone.model_name} ({wc.backbone.source or 'given'})")
+    source = wc.backbone.source or "given"
+    reporter.stage(f"model loaded: {wc.backbone.model_name} ({source}); {wc.precision_reason}")
     if p.mutual_scoring:  # mutual scoring reads no text
         text = torch.zeros(2, wc.embed_dim)
     else:
@@ -227,13 +250,8 @@ def _score(p: Plan, engine: Engine, sink: RowSink, reporter: Reporter) -> None:
             sink.add(image, result)
         sink.flush(block=True)
     elapsed = time.perf_counter() - started
-    count, tally = len(p.todo), sink.tally
+    count = len(p.todo)
     summary = f"{count} image(s) in {elapsed:.1f} s ({count / elapsed:.2f} img/s)"
     kept = len(p.kept)
-    summary += f"; with the {kept} resumed row(s): " if kept else ": "
-    summary += f"{tally.ok} ok"
-    summary += f", {tally.errors} error(s)" if tally.errors else ""
-    if p.rule is not None:
-        summary += f", {tally.anomalous} {p.rule.describe()}"
-    summary += f", {tally.pending} left for the next run" if tally.pending else ""
-    reporter.info(summary)
+    summary += f"; with the {kept} resumed row(s), " if kept else "; "
+    reporter.info(summary + run_counts(p, sink.tally))

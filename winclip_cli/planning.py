@@ -8,6 +8,7 @@ with --resume, cuts a torn last row off it. The Plan holds that file until it is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,9 @@ from .checks import (
     check_bank_grid,
     check_model_options,
     check_numbers,
-    model_files,
     read_bank_file,
     tile_grid,
+    with_recorded_model,
 )
 from .data import InputImage, find_images
 from .decision import CalibratedRule, DecisionRule, ThresholdRule
@@ -35,17 +36,24 @@ from .options import (
     RunOptions,
     default_workers,
 )
-from .outputs import output_name
-from .overlaps import FileUse, refuse_overlaps
-from .paths import check_out_dir, check_writable_file, is_within
+from .overlaps import refuse_overlaps
+from .paths import check_out_dir, check_rows_file, check_writable_file, is_within
 from .pool_source import PoolSource, check_calibration_pool, outside_pool, plan_pool
 from .prompts import PromptSet
 from .references import calibration_images, pick_references
 from .resume import Resumed, prepare
 from .rows import columns
 from .rows_file import RowsFile
+from .rows_lock import LockWait
+from .run_files import calibration_files, refuse_clobbering
 from .run_outputs import Outputs, outputs_of, run_header
-from .settings import RunFacts, apply_to_options, load_for_run, run_settings
+from .settings import (
+    RunFacts,
+    adopt_bank_precision,
+    apply_to_options,
+    run_settings,
+    unrecorded,
+)
 from .shards import parse_shard, shard_of
 from .tiling import TileGrid
 
@@ -191,73 +199,12 @@ def _find_inputs(opts: RunOptions) -> list[InputImage]:
     if not inside:  # score makes no overlays: then a folder named as input is read
         exclude.append(opts.out_dir)
     try:
-        images = find_images(opts.inputs, exclude=exclude)
+        images = find_images(opts.inputs, exclude=exclude, missing_ok=opts.listed)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     if not images:
         raise UsageError("no images found in " + ", ".join(str(p) for p in opts.inputs))
     return images
-
-
-def _ref_and_pool(opts: RunOptions | CalibrateOptions) -> list[tuple[str, Path]]:
-    """--ref and --pool, where given: files or folders a run reads."""
-    given = (("--ref", opts.ref), ("--pool", opts.pool))
-    return [(option, path) for option, path in given if path is not None]
-
-
-def _kind(path: Path) -> str:
-    return "folder" if path.is_dir() else "file"
-
-
-def run_files(
-    opts: RunOptions, images: list[InputImage], refs: list[InputImage]
-) -> tuple[list[FileUse], list[FileUse]]:
-    """What a run reads (inputs, references, --ref, the calibration, the model's files)
-    and what it writes (-o and its manifest, --save-bank, --report, each image's
-    overlay, map and mask), for the one overlap check."""
-    reads = [FileUse("the input image", im.path) for im in images]
-    reads += [FileUse("the reference image", im.path) for im in refs]
-    reads += [FileUse(f"the {option} {_kind(path)}", path) for option, path in _ref_and_pool(opts)]
-    if opts.calibration is not None:
-        reads.append(FileUse("the --calibration file", opts.calibration))
-    reads += model_files(opts.model)
-    writes: list[FileUse] = []
-    if opts.output is not None and not opts.to_stdout:
-        output = Path(opts.output)
-        writes += [FileUse("-o", output), FileUse("the run manifest", manifest_path(output))]
-    if opts.save_bank is not None:
-        writes.append(FileUse("--save-bank", opts.save_bank))
-    if opts.report is not None:
-        writes.append(FileUse("--report", opts.report))
-    if opts.save_pool is not None:
-        writes.append(FileUse("--save-pool", opts.save_pool))
-    if opts.maps:
-        suffixes = ["." + opts.overlay_format]
-        suffixes += [".npy"] if opts.save_maps else []
-        suffixes += [".mask.png"] if opts.save_masks else []
-        writes += [
-            FileUse(f"{im.display}'s overlay or map", output_name(opts.out_dir, im.relative, s))
-            for im in images
-            for s in suffixes
-        ]
-    return reads, writes
-
-
-def _check_not_clobbering(
-    opts: RunOptions, images: list[InputImage], refs: list[InputImage]
-) -> None:
-    """Nothing the run writes may be something it reads or another of its outputs, and
-    overlays never go where references are read from."""
-    refuse_overlaps(*run_files(opts, images, refs))
-    if (
-        opts.maps
-        and opts.ref is not None
-        and opts.ref.is_dir()
-        and is_within(opts.out_dir, opts.ref)
-    ):
-        raise UsageError(
-            f"--out {opts.out_dir} is in the --ref folder: overlays would become references"
-        )
 
 
 def engine_spec(
@@ -278,17 +225,17 @@ def engine_spec(
     )
 
 
-def plan(opts: RunOptions) -> Plan:
-    """Validate everything that can be validated without the model (exit 2 on failure)."""
+def plan(opts: RunOptions, say: Callable[[str], None] | None = None) -> Plan:
+    """Validate everything that can be validated without the model (exit 2 on failure).
+    ``say``: where a message goes while the run waits for its -o file (--wait)."""
     check_numbers(opts)
+    opts, cal = with_recorded_model(opts)  # unless the user chose one; never a download
     prompts = check_model_options(opts.model)
-    cal = None
-    if opts.calibration is not None:
-        source = opts.calibration
-        cal = load_for_run(source)
+    if cal is not None and opts.calibration is not None:
+        check_calibration_pool(cal.settings.get("pool"), opts.pool, opts.calibration)
         opts, prompts = apply_to_options(opts, cal)
-        check_calibration_pool(cal.settings.get("pool"), opts.pool, source)
     refs = plan_references(opts)
+    opts = adopt_bank_precision(opts, refs.bank)
     if cal is not None:
         refs.source, refs.bank = opts.calibration, cal.bank
     if opts.save_bank is not None:
@@ -305,7 +252,7 @@ def plan(opts: RunOptions) -> Plan:
     images = _find_inputs(opts)
     if opts.shard is not None:  # after the walk and sort: the same cut in every job
         images = shard_of(images, *parse_shard(opts.shard))
-    _check_not_clobbering(opts, images, refs.images)
+    refuse_clobbering(opts, images, refs.images)
     rule: DecisionRule | None = None
     if cal is not None:
         assert opts.false_alarm_rate is not None  # apply_to_options sets it
@@ -324,12 +271,14 @@ def plan(opts: RunOptions) -> Plan:
         p = Plan(opts, images, images, {}, prompts, refs, cols, rule, None, spec, cal, pool=pool)
         return _with_engine(p)
     output = Path(opts.output)
-    check_writable_file(output)
-    rows_file = RowsFile(output)  # held from here: resume reads what no one else writes
+    check_rows_file(output)
+    # Held from here: resume reads what no one else writes. Its folder is made if new.
+    rows_file = RowsFile(output, LockWait(opts.wait, say))
     try:
         ref_images = [im.path for im in refs.images]
         facts = RunFacts(opts, prompts, refs.bank, ref_images, cols, cal, pool.identity())
-        done, todo, resumed = prepare(opts, images, cols, rule, run_settings(facts), rows_file)
+        settings = run_settings(facts)
+        done, todo, resumed = prepare(opts, images, cols, rule, settings, rows_file, unrecorded())
     except BaseException:
         rows_file.release()
         raise
@@ -378,12 +327,7 @@ def plan_calibration(opts: CalibrateOptions) -> tuple[Plan, list[str]]:
         found = find_images(opts.inputs)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
-    reads = [FileUse("the known-good image", im.path) for im in found]
-    reads += [FileUse("the reference image", im.path) for im in refs.images]
-    reads += [FileUse(f"the {option} {_kind(path)}", path) for option, path in _ref_and_pool(opts)]
-    writes = [FileUse("-o", opts.output)]
-    writes += [FileUse("--save-pool", opts.save_pool)] if opts.save_pool is not None else []
-    refuse_overlaps([*reads, *model_files(opts.model)], writes)
+    refuse_overlaps(*calibration_files(opts, found, refs.images))
     images, left_out = calibration_images(found, refs.images)
     images, in_pool = outside_pool(images, pool)
     if not images:

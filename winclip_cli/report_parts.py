@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .decision import WHOLE_IMAGE, is_whole_image
 from .thumbnails import Thumb, href, resolve
 
 NUMERIC_HINT = ("score", "p_value", "map_max", "anomalous_pixels")
@@ -117,6 +118,8 @@ def card(
         link = f'<a class="full" href="{href(main_file, base)}">full-size {esc(kind)}</a>'
     error = row.get("error", "")
     extra = f'<p class="error">{esc(error)}</p>' if error else ""
+    if is_whole_image(label, row.get("anomalous_pixels")):  # no region to outline
+        extra += f'<p class="note whole">{esc(WHOLE_IMAGE)}</p>'
     extra += "".join(f'<p class="note">{esc(n)}</p>' for n in card_notes)
     css = "card error-card" if status == "error" else "card"
     if label == "anomalous":
@@ -146,16 +149,18 @@ def rows_table(
     def th(column: str) -> str:
         kind = "num" if column in numeric else "text"
         css = ' class="num"' if kind == "num" and column != "#" else ""
+        order = "descending" if column == "score" else "none"  # the rows' first order
         return (
-            f'<th scope="col" data-col="{esc(column)}" data-type="{kind}"{css} aria-sort="none">'
-            f'<button type="button">{esc(column)}</button></th>'
+            f'<th scope="col" data-col="{esc(column)}" data-type="{kind}"{css} '
+            f'aria-sort="{order}"><button type="button">{esc(column)}</button></th>'
         )
 
     head = "".join(th(c) for c in ["#", *columns])
     body = []
-    links = {"overlay"}  # one link a row: the table stays light for 10,000 rows
+    links = {"overlay", "mask"}  # a few links a row: the table stays light for 10,000 rows
     hrefs: dict[str, str | None] = {}  # a file named by many rows is looked up once
-    for number, row in enumerate(rows, 1):
+    for index in by_score(rows):
+        number, row = index + 1, rows[index]  # "#": the row's place in the rows file
         cells = [f"<td>{number}"]
         for column in columns:
             value = row.get(column, "")
@@ -171,6 +176,17 @@ def rows_table(
             cells.append(f"<td>{esc(value)}")
         body.append(f"<tr>{''.join(cells)}\n")
     return f'<table id="rows"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def by_score(rows: list[dict[str, str]]) -> list[int]:
+    """Row indices by score, highest first (ties and rows without one in file order,
+    the latter last): the table's first order, as README promises."""
+
+    def key(index: int) -> tuple[int, float, int]:
+        value = as_number(rows[index].get("score"))
+        return (1, 0.0, index) if value is None else (0, -value, index)
+
+    return sorted(range(len(rows)), key=key)
 
 
 def select(id_: str, label: str, values: Iterable[str]) -> str:

@@ -11,7 +11,20 @@ from .atomic import atomic_write
 from .htmlreport import render_report
 from .planning import Plan
 from .progress import Reporter
+from .report_context import run_context
 from .resume import resume_key
+
+
+def calibration_scores(p: Plan) -> list[float] | None:
+    """The calibration's scores the report draws (None without --calibration)."""
+    return None if p.calibration is None else [float(s) for s in p.calibration.scores]
+
+
+def run_context_of(p: Plan) -> dict[str, Any]:
+    """What the run's manifest keeps for a report made later (report_context): the
+    header, the threshold and the calibration's scores, as --report shows them."""
+    threshold = None if p.rule is None else p.rule.threshold
+    return run_context(p.report_header, threshold, calibration_scores(p))
 
 
 class ReportSink:
@@ -31,8 +44,6 @@ class ReportSink:
     def write(self, reporter: Reporter, incomplete: bool) -> None:
         """Render and write the report; thumbnails show a progress bar on a terminal."""
         elapsed = time.perf_counter() - self.started
-        cal = self.plan.calibration
-        calibration_scores = None if cal is None else [float(s) for s in cal.scores]
         try:
             left = self.plan.resume.not_yet_redone(self.plan.done, self.written)
             text = render_report(
@@ -40,7 +51,7 @@ class ReportSink:
                 output=self.path,
                 run_info=self.plan.report_header,
                 threshold=None if self.plan.rule is None else self.plan.rule.threshold,
-                calibration_scores=calibration_scores,
+                calibration_scores=calibration_scores(self.plan),
                 incomplete=incomplete,
                 elapsed=elapsed,
                 progress=reporter.counter("thumbnails"),

@@ -84,10 +84,12 @@ def _read_resume(
     rule: DecisionRule | None,
     settings: dict[str, Any],
     resumed: Resumed,
+    older: dict[str, Any],
 ) -> tuple[dict[str, dict[str, str]], RunManifest | None]:
     """Rows already in -o FILE (--resume), one per input by resume_key (the last whole
     row wins), each checked against the row schema, and the file's manifest; refuses
-    other settings than the file's (the file would contradict itself). Sets
+    other settings than the file's (the file would contradict itself; ``older``: what a
+    manifest written before a setting was recorded stands for). Sets
     ``resumed.legacy`` when the file has rows but no manifest (an older version)."""
     assert opts.output is not None
     out = Path(opts.output)
@@ -95,7 +97,7 @@ def _read_resume(
         return {}, None
     recorded, rebuild = _recorded(opts, out, resumed)
     if recorded is not None:
-        refuse_other_settings(out, recorded.settings, settings)
+        refuse_other_settings(out, {**older, **recorded.settings}, settings)
     try:
         rows = read_finished_rows(out, opts.fmt, cols)
     except (ValueError, OSError) as exc:
@@ -182,6 +184,12 @@ def _sort_out(
             if manifest is not None and key in known:
                 manifest.inputs[key] = known[key]
             continue
+        if key in done and done[key].get("status") == "ok" and not os.path.lexists(key):
+            # Deleted since its row was written (a camera folder archives old photos):
+            # the row stays, as it would for a file no longer given.
+            if manifest is not None and key in known:
+                manifest.inputs[key] = known[key]
+            continue
         if key in done and not resumed.legacy:
             same, now = still_the_same(known.get(key), image.path)
             error = done[key].get("status") == "error" and opts.retry_errors
@@ -248,12 +256,13 @@ def prepare(
     rule: DecisionRule | None,
     settings: dict[str, Any],
     rows_file: RowsFile,
+    older: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, str]], list[InputImage], Resumed]:
     """What --resume keeps of -o FILE (held by ``rows_file``) and what this run scores:
     (rows already there by resume_key, inputs to score, the rest of the decision).
     Without --resume (or a new file): nothing kept, every input scored."""
     resumed = Resumed()
-    done, recorded = _read_resume(opts, cols, rule, settings, resumed)
+    done, recorded = _read_resume(opts, cols, rule, settings, resumed, older or {})
     rows_file.follow()  # a repair may have replaced the file
     if done and images and not any(resume_key(im.display) in done for im in images):
         raise UsageError(

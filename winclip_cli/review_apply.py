@@ -245,7 +245,14 @@ def into_bank(
     scored = scoring.score(images, bank)
     scores = np.array([s for s, _ in scored])
     maxima = np.array([m for _, m in scored])
-    new = Calibration(scoring.settings(bank), scores, maxima, bank, list(cal.images))
+    new = Calibration(
+        scoring.settings(bank),
+        scores,
+        maxima,
+        bank,
+        list(cal.images),
+        model_record=cal.model_record,
+    )
     return new, added, notes
 
 
@@ -284,6 +291,7 @@ def into_calibration(
         new_maxima,
         cal.bank,
         [*cal.images, *(c.verdict.path for c in added)],
+        model_record=cal.model_record,  # the same model: a later run still finds it
     )
     return new, added, notes
 

@@ -27,7 +27,8 @@ COLUMNS: dict[str, str] = {
     "p_value": "(1 + #{calibration scores >= score}) / (n + 1), 6 decimals (--calibration)",
     "label": "anomalous or normal (with a decision rule: --threshold or --calibration)",
     "map_max": "maximum of the anomaly map (segment, fewshot)",
-    "anomalous_pixels": "pixels above the calibration's pixel threshold (maps, --calibration)",
+    "anomalous_pixels": "pixels above the calibration's pixel threshold (maps, --calibration); "
+    "0 on an anomalous row: anomalous as a whole, no localized region",
     "overlay": "the heatmap overlay written for this input (segment, fewshot)",
     "mask": "the anomalous-region mask PNG written with --save-masks",
     "map": "the raw map written with --save-maps",

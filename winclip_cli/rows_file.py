@@ -10,8 +10,11 @@ import stat
 from pathlib import Path
 from typing import IO
 
+from . import rows_lock
 from .errors import FileBusyError
 from .rows import ENCODING_ERRORS
+from .rows_lock import LockWait
+from .runinfo import RunInfo
 
 try:
     import fcntl
@@ -58,19 +61,23 @@ class RowsFile:
 
     A FIFO or device (`-o /dev/stdout`) is just opened for writing: nothing to lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait: LockWait | None = None) -> None:
         self.path = path
         self.fd: int | None = None
         self.new_fd: int | None = None  # the replacement being written (see replacement)
+        self.wait = wait or LockWait()  # --wait: how long another run's lock is waited for
         try:
             special = not stat.S_ISREG(os.stat(path).st_mode)
         except FileNotFoundError:
             special = False
         self.regular = not special
+        self.made_folders: list[Path] = []
+        self.holder: RunInfo | None = None  # this run, once it holds the lock
         if special:
             self.created = False
             self.fd = _open_held(path, os.O_WRONLY)
             return
+        self.made_folders = rows_lock.make_parents(path)  # -o into a new folder, as --out does
         for _attempt in range(5):
             self.created = not path.exists()
             self.fd = _open_held(path, os.O_RDWR | os.O_CREAT)
@@ -91,17 +98,20 @@ class RowsFile:
             return
         fd = self.fd
         assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            _close_held(fd)
-            self.fd = None
-            raise FileBusyError(
-                f"{self.path} is being written by another winclip run: wait for it, or "
-                "write to another file"
-            ) from exc
-        except OSError:  # no locking on this filesystem (NFS without lockd, some FUSE)
-            pass
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                if self.wait.pause(self.path):  # --wait: try again until the deadline
+                    continue
+                _close_held(fd)
+                self.fd = None
+                rows_lock.remove_folders(self.made_folders)
+                raise FileBusyError(rows_lock.busy_message(self.path)) from exc
+            except OSError:  # no locking on this filesystem (NFS without lockd, some FUSE)
+                return
+            self.holder = rows_lock.write_holder(self.path)  # a second run can say who holds it
+            return
 
     def _still_the_file(self) -> bool:
         try:
@@ -177,8 +187,11 @@ class RowsFile:
         if self.fd is None:
             return False
         empty = self.created and os.fstat(self.fd).st_size == 0
+        if self.regular:
+            rows_lock.drop_holder(self.path, self.holder)  # before the lock goes
         _close_held(self.fd)  # first: Windows can't remove an open file
         self.fd = None
         if empty:
             self.path.unlink(missing_ok=True)
+            rows_lock.remove_folders(self.made_folders)
         return empty

@@ -95,7 +95,7 @@ class RowSink:
             else:
                 stream = p.rows_file.stream(appending)
             self.stream = stream
-            self.writer = RowWriter(stream, out.fmt, p.cols, header=not appending)
+            self.writer = RowWriter(stream, out.fmt, p.cols, header=not appending and out.header)
             if self.rewriting:
                 self._orphans_after(None)
         self.pending: deque[tuple[Row, Future[ImageOutputs] | None]] = deque()

@@ -22,6 +22,7 @@ class Outputs:
     overlay style, maps, masks) and the report; decided once, read by RowSink."""
 
     fmt: str  # a key of rows.FORMATS
+    header: bool  # a header line (CSV/TSV; --no-header for a stream to concatenate)
     to_stdout: bool
     where: str  # where the rows go, for messages: "stdout" or the -o file
     resume_hint: str  # how to continue the run, for messages ('' for stdout)
@@ -38,6 +39,7 @@ def outputs_of(opts: RunOptions) -> Outputs:
     """The outputs of a run's options."""
     return Outputs(
         fmt=opts.fmt,
+        header=opts.header,
         to_stdout=opts.to_stdout,
         where="stdout" if opts.to_stdout else str(opts.output),
         resume_hint=opts.resume_hint,

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .backbone import resolve_device
 from .bank import ReferenceBank
 from .conformal import Calibration, check_settings, load_calibration
 from .errors import CalibrationError, UsageError
+from .hardware import mismatch, recorded, resolve
 from .manifest import digest_of, file_identity
 from .options import DEFAULT_FALSE_ALARM_RATE, DEFAULT_SCALES, LOCAL_DIR, RunOptions
 from .pool import MutualPool, pool_fingerprint
@@ -66,6 +68,14 @@ class Setting:
     in_manifest: Callable[[RunFacts], Any] | None = None
     calibration_key: str | None = None
     in_calibration: Callable[[ModelFacts], Any] | None = None
+    # What a manifest written before this setting was recorded stands for.
+    unrecorded: Any = None
+
+
+def run_precision(opts: RunOptions) -> str:
+    """The precision the run computes in, resolved on this machine (never "auto"); Ray
+    actors are given this name, so the rows are computed as the manifest says."""
+    return resolve(opts.model.precision, resolve_device(opts.model.device)).name
 
 
 def _command(r: RunFacts) -> str:
@@ -155,6 +165,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("--mutual", lambda r: r.opts.mutual_set if r.opts.mutual else None),
     Setting("--ref", None, "mode", lambda m: "zero-shot" if m.bank is None else "few-shot"),
     Setting("--k", _k, "k", lambda m: 0 if m.bank is None else int(m.bank.num_images)),
+    # Runs before precision was recorded computed in the CLI's default then, fp32.
+    Setting(
+        "--precision",
+        lambda r: run_precision(r.opts),
+        "precision",
+        lambda m: m.wc.precision,
+        unrecorded="fp32",
+    ),
     Setting("--ref", lambda r: _bank_fingerprint(r.bank, r.ref_images)),
     Setting("--threshold", lambda r: r.opts.threshold),
     Setting("--calibration", _calibration_digest),
@@ -172,6 +190,37 @@ def run_settings(facts: RunFacts) -> dict[str, Any]:
     """What the rows depend on, by the option that sets it: a run manifest's settings,
     compared on --resume."""
     return {s.option: s.in_manifest(facts) for s in SETTINGS if s.in_manifest is not None}
+
+
+def unrecorded() -> dict[str, Any]:
+    """What a manifest written before a setting was recorded stands for, by option (see
+    Setting.unrecorded): a resume of an older run compares those."""
+    return {s.option: s.unrecorded for s in SETTINGS if s.unrecorded is not None}
+
+
+def adopt_precision(opts: RunOptions, made_at: str, what: str) -> RunOptions:
+    """The run at the precision a file (a calibration, a bank) was made at: refused, by
+    --precision, when the user typed another; taken from the file when not."""
+    if "precision" in opts.given:
+        refused = mismatch(made_at, run_precision(opts), what)
+        if refused:
+            raise UsageError(refused)
+        return opts
+    model = dataclasses.replace(
+        opts.model, precision=made_at, precision_reason=f"{made_at}: {what} was made at it"
+    )
+    try:
+        resolve(made_at, resolve_device(model.device))
+    except ValueError as exc:  # e.g. made at fp16 on a GPU, used on a CPU
+        raise UsageError(f"{what} was made at precision {made_at}: {exc}") from exc
+    return dataclasses.replace(opts, model=model)
+
+
+def adopt_bank_precision(opts: RunOptions, bank: ReferenceBank | None) -> RunOptions:
+    """adopt_precision for a --ref bank file (banks from before record none: fp32)."""
+    if bank is None or opts.calibration is not None:  # a calibration's bank: its own
+        return opts
+    return adopt_precision(opts, recorded(bank.meta), f"reference bank {opts.ref}")
 
 
 def fingerprint(
@@ -261,4 +310,4 @@ def apply_to_options(opts: RunOptions, cal: Calibration) -> tuple[RunOptions, Pr
         raise CalibrationError(f"{source}: damaged calibration file (settings)") from exc
     rate = DEFAULT_FALSE_ALARM_RATE if opts.false_alarm_rate is None else opts.false_alarm_rate
     applied = dataclasses.replace(opts, class_name=class_name, model=model, false_alarm_rate=rate)
-    return applied, prompts
+    return adopt_precision(applied, cal.precision, f"calibration {source}"), prompts

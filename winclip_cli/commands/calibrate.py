@@ -20,6 +20,7 @@ from ..options import CalibrateOptions
 from ..pipeline import load_scorer, scored
 from ..planning import plan_calibration
 from ..progress import Reporter
+from ..provenance import record_of
 from ..settings import fingerprint
 
 
@@ -51,7 +52,11 @@ def run_calibrate(
     if not scores:
         raise UsageError("none of the known-good images could be read: nothing to calibrate")
     settings = fingerprint(scorer.model, opts.class_name, scorer.bank, p.grid, scorer.pool)
-    cal = Calibration(settings, np.asarray(scores), np.asarray(maxima), scorer.bank, names)
+    backbone = scorer.model.backbone
+    record = record_of(backbone.model_name, backbone.pretrained, backbone.checkpoint)
+    cal = Calibration(
+        settings, np.asarray(scores), np.asarray(maxima), scorer.bank, names, model_record=record
+    )
     save_calibration(cal, opts.output)
     reporter.info(f"calibration written to {opts.output}; {supported_rates(cal.n)}")
     return ExitCode.OK

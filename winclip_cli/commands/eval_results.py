@@ -77,6 +77,7 @@ def model_info(wc: WinClip) -> dict[str, Any]:
         "weights": getattr(backbone, "weights_id", None),
         "input_size": list(wc.input_size),
         "temperature": wc.temperature,
+        "precision": getattr(wc, "precision", None),  # the figures depend on it
     }
 
 

@@ -13,6 +13,7 @@ from ..htmlreport import DEFAULT_GALLERY, ReportSummary, render_page
 from ..overlaps import FileUse, refuse_overlaps
 from ..paths import check_writable_file
 from ..progress import Reporter
+from ..report_context import context_of
 from ..rows import FORMATS
 from ..thumbnails import resolve
 
@@ -84,14 +85,16 @@ def build_report(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     elapsed: float | None = None,
+    notes: Sequence[str] = (),
 ) -> ReportSummary:
     """Read ``rows_files`` (in order) and write the report to ``output`` (replaced whole,
     through a temporary file). Raises OverlapError (exit 2) when ``output`` is one of
     the rows files or a file they name, WriteFailedError (exit 2) when it cannot be
-    written; anything wrong in the rows is a note."""
+    written; anything wrong in the rows is a note, as are ``notes``."""
     output = Path(output)
     rows_files = [Path(p) for p in rows_files]
-    rows, notes = read_rows(rows_files)
+    rows, found = read_rows(rows_files)
+    notes = [*notes, *found]
     search_dirs = list(dict.fromkeys(Path(os.path.abspath(p)).parent for p in rows_files))
     refuse_overlaps(report_files(rows_files, rows, search_dirs), [FileUse("-o", output)])
     text, cards, notes = render_page(
@@ -124,9 +127,18 @@ def report_command(
     if missing:
         raise UsageError(f"rows file not found: {missing[0]}")
     check_writable_file(output)
+    context = context_of(rows)  # the manifests beside the rows: header, threshold, scores
     try:
         summary = build_report(
-            rows, output, gallery=gallery, title=title, progress=reporter.counter("thumbnails")
+            rows,
+            output,
+            gallery=gallery,
+            title=title,
+            progress=reporter.counter("thumbnails"),
+            run_info=context.run_info,
+            threshold=context.threshold,
+            calibration_scores=context.calibration_scores,
+            notes=context.notes,
         )
     finally:
         reporter.stop()

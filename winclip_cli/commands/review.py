@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ..checks import cached_weights
 from ..conformal import Calibration, load_calibration
 from ..errors import ExitCode, UsageError
 from ..manifest import digest_of, read_manifest
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_FALSE_ALARM_RATE, ModelOptions, default_workers
 from ..progress import Reporter
+from ..provenance import model_from_record
 from ..review_apply import INTO, ApplyRequest, apply_verdicts
 from ..review_stats import review_stats, stats_table
 from ..verdicts import read_verdicts
@@ -59,7 +61,11 @@ class ReviewStatsOptions:
 
 
 def _model_of(cal: Calibration, opts: ReviewApplyOptions) -> ModelOptions:
-    """The model the calibration was made with, unless the user chose one."""
+    """The model the calibration was made with, unless the user chose one: its recorded
+    model and weights file (provenance, never a download), else its model's name."""
+    if cal.model_record is not None:
+        what = f"--calibration {opts.calibration}"
+        return model_from_record(opts.model, opts.given, cal.model_record, what, cached_weights)
     recorded = cal.settings.get("model")
     if "model" in opts.given or not isinstance(recorded, str):
         return opts.model

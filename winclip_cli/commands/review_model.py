@@ -23,6 +23,7 @@ from ..engines import EngineSpec
 from ..engines.registry import build_engine, engine_session
 from ..engines.scorer import Scorer
 from ..errors import BankMismatchError, CalibrationError, ImageReadError, UsageError
+from ..hardware import AUTO
 from ..model import WinClip
 from ..options import DEFAULT_BATCH_SIZE, ModelOptions
 from ..pipeline import reference_pixels, scored
@@ -46,11 +47,14 @@ def grid_of_settings(settings: dict[str, Any]) -> TileGrid:
 
 def model_options_for(cal: Calibration, given: ModelOptions) -> tuple[ModelOptions, PromptSet]:
     """``given`` (model, weights, device, precision) with the calibration's temperature,
-    and the calibration's prompt set: the scores are then the runs' scores."""
+    and the calibration's prompt set: the scores are then the runs' scores. Precision
+    `auto` becomes the calibration's own (a typed other one is refused by check_loaded)."""
     s = cal.settings
+    precision = cal.precision if given.precision == AUTO else given.precision
     try:
         prompts = PromptSet(**{k: tuple(v) for k, v in s["prompts"].items()})
-        return dataclasses.replace(given, temperature=float(s["temperature"])), prompts
+        temperature = float(s["temperature"])
+        return dataclasses.replace(given, temperature=temperature, precision=precision), prompts
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CalibrationError("damaged calibration file (settings)") from exc
 

@@ -17,5 +17,5 @@ def run(opts: RunOptions, reporter: Reporter, model: WinClip | None = None) -> E
     benchmarks and long-lived callers). Raises a WinclipError: UsageError (exit 2),
     WeightsUnavailableError (exit 4), OutputError (exit 2).
     """
-    with plan(opts) as checked:
+    with plan(opts, reporter.info) as checked:
         return execute(checked, reporter, model)

@@ -20,6 +20,8 @@ import math
 import os
 import pickle
 import socket
+import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -29,12 +31,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..backbone import resolve_device
 from ..bank import bank_payload
 from ..errors import ClusterError, MissingDependencyError, UsageError
+from ..hardware import resolve
 from ..options import DEFAULT_RAY_WORKERS, LOCAL_DIR, ModelOptions, RunOptions
 from ..pool import pool_payload
 from . import EngineSpec, ImageResult
 from .ray_actor import Predictor
+from .ray_logs import ray_lines_dropped
 from .scorer import Scorer
 
 if TYPE_CHECKING:
@@ -68,25 +73,73 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def check_reachable(address: str) -> None:
-    """ClusterError unless something listens at the address (ray.init alone can take
-    a minute to give up on a dead one)."""
+# Ray's GCS and its client server speak gRPC, that is HTTP/2: a server answers the
+# client's connection preface with a SETTINGS frame (frame type 4), at once.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS_FRAME = 4
+
+
+def _speaks_grpc(sock: socket.socket, deadline: float) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 preface with a SETTINGS frame
+    before ``deadline`` (time.monotonic); silence or other bytes: False."""
+    sock.sendall(_HTTP2_PREFACE)
+    header = b""
+    while len(header) < 9:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(9 - len(header))
+        except TimeoutError:
+            return False
+        if not chunk:  # closed without a frame
+            return False
+        header += chunk
+    return header[3] == _SETTINGS_FRAME
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ClusterError unless a Ray cluster (a gRPC server) answers at the address within
+    ``timeout`` seconds in all: ray.init alone takes a minute to give up on a dead one,
+    and hangs on a port where something else listens."""
     target = _host_port(address)
     if target is None:
         return
+    deadline = time.monotonic() + timeout
+    hint = "is `ray start --head` running there, and the port open?"
     try:
-        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection(target, timeout=timeout) as sock:
+            if _speaks_grpc(sock, deadline):
+                return
     except OSError as exc:
         raise ClusterError(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
-            "(is `ray start --head` running there, and the port open?)"
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} ({hint})"
         ) from exc
+    raise ClusterError(
+        f"cannot reach the Ray cluster at {address}: something listens there but does not "
+        f"answer as Ray does within {timeout:g} s (the GCS port of `ray start --head`, "
+        "6379 by default, or ray://HOST:10001?)"
+    )
+
+
+def quiet_ray(verbose: bool) -> dict[str, Any]:
+    """Keep Ray's Python warnings and log records out of the run's log (unless
+    ``verbose``); returns ray.init's logging arguments. The workers' output stays on
+    the cluster (log_to_driver) unless verbose; ray_lines_dropped does the rest."""
+    if verbose:
+        return {"log_to_driver": True, "logging_level": logging.WARNING}
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return {"log_to_driver": False, "logging_level": logging.ERROR}
 
 
 @contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
+def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
     """Connected to Ray for the run: an existing connection (tests, a notebook) is used
-    and left open; else ``address`` or $RAY_ADDRESS, else a local Ray stopped at the end."""
+    and left open; else ``address`` or $RAY_ADDRESS, else a local Ray stopped at the end.
+    Ray's own log lines stay out of the run's unless ``verbose``."""
     import ray
 
     if ray.is_initialized():
@@ -95,18 +148,20 @@ def ray_session(address: str | None) -> Iterator[None]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
-    try:
-        if address is None:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ...
-        where = address or "a local Ray"
-        raise ClusterError(f"cannot start or reach {where}: {exc}") from exc
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    logs = quiet_ray(verbose)
+    with ray_lines_dropped(keep=verbose):  # its C++ lines: levels don't reach them
+        try:
+            if address is None:
+                ray.init(include_dashboard=False, **logs)
+            else:
+                ray.init(address=address, **logs)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ...
+            where = address or "a local Ray"
+            raise ClusterError(f"cannot start or reach {where}: {exc}") from exc
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def portable_model(model: ModelOptions) -> ModelOptions:
@@ -121,6 +176,8 @@ def portable_model(model: ModelOptions) -> ModelOptions:
     return replace(
         model,
         model=name,
+        # Resolved here: actors compute in what the manifest records, whatever they run on.
+        precision=resolve(model.precision, resolve_device(model.device)).name,
         weights=absolute(model.weights),
         cache_dir=absolute(model.cache_dir),
         prompts=None,  # the resolved PromptSet goes to the actors instead
@@ -143,7 +200,7 @@ def check(opts: RunOptions) -> None:
 @contextmanager
 def session(spec: EngineSpec) -> Iterator[None]:
     """Connected to the cluster (before the model loads: an unreachable one fails fast)."""
-    with ray_session(spec.ray.address):
+    with ray_session(spec.ray.address, spec.ray.verbose):
         yield
 
 

@@ -56,7 +56,8 @@ function refilter(){limit=PAGE;apply();}
 if(more)more.addEventListener('click',function(){limit+=PAGE*4;apply();});
 heads.forEach(function(th,i){
   th.addEventListener('click',function(){
-    var asc=th.getAttribute('aria-sort')!=='ascending',num=th.dataset.type==='num';
+    /* first click: highest first; a click on the column sorted so: lowest first */
+    var asc=th.getAttribute('aria-sort')==='descending',num=th.dataset.type==='num';
     heads.forEach(function(h){h.setAttribute('aria-sort','none');});
     th.setAttribute('aria-sort',asc?'ascending':'descending');
     var keyed=rows.map(function(r,p){var t=r.cells[i].textContent,v;
