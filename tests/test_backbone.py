@@ -21,8 +21,8 @@ from winclip_cli.backbone import (
     fetch_pretrained,
     load_backbone,
     resolve_device,
-    resolve_precision,
 )
+from winclip_cli.hardware import resolve
 from winclip_cli.model import WinClip
 
 
@@ -451,12 +451,12 @@ def test_auto_device_loads(tiny, cache_dir):
 
 def test_precision_checks():
     cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == torch.float32
-    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    assert resolve("fp32", cpu).dtype == torch.float32
+    assert resolve("bf16", cpu).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="fp16"):
-        resolve_precision("fp16", cpu)
+        resolve("fp16", cpu)
     with pytest.raises(ValueError, match="precision"):
-        resolve_precision("fp8", cpu)
+        resolve("fp8", cpu)
 
 
 def test_fp16_on_cpu_is_refused(tiny):

@@ -52,12 +52,6 @@ class Backbone:
         return self.precision.dtype
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The matmul dtype of ``precision`` (auto included) on ``device``; ValueError for
-    combinations that can't run (see precision.resolve)."""
-    return resolve(precision, device).dtype
-
-
 @contextlib.contextmanager
 def _quiet_open_clip():
     """open_clip logs warnings on the root logger (e.g. 'initialized randomly'); hide them."""

@@ -8,10 +8,11 @@ import math
 import sys
 from pathlib import Path
 
-from .backbone import fetch_pretrained, resolve_device, resolve_precision
+from .backbone import fetch_pretrained
 from .bank import ReferenceBank, load_bank
 from .conformal import Calibration
 from .errors import BankFileError, PromptFileError, UsageError, WeightsUnavailableError
+from .hardware import resolve, resolve_device
 from .options import (
     LOCAL_DIR,
     MAP_DTYPES,
@@ -74,7 +75,7 @@ def check_model_options(model: ModelOptions) -> PromptSet:
     if model.weights is not None and not model.weights.is_file():
         raise UsageError(f"weights file not found: {model.weights}")
     try:
-        resolve_precision(model.precision, resolve_device(model.device))
+        resolve(model.precision, resolve_device(model.device))
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     try:

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backbone import resolve_device
 from .bank import ReferenceBank
 from .conformal import Calibration, check_settings, load_calibration
 from .errors import CalibrationError, UsageError
-from .hardware import mismatch, recorded, resolve
+from .hardware import mismatch, recorded, resolve, resolve_device
 from .manifest import digest_of, file_identity
 from .options import DEFAULT_FALSE_ALARM_RATE, DEFAULT_SCALES, LOCAL_DIR, RunOptions
 from .pool import MutualPool, pool_fingerprint

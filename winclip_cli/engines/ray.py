@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..backbone import resolve_device
 from ..bank import bank_payload
 from ..errors import ClusterError, MissingDependencyError, UsageError
-from ..hardware import resolve
+from ..hardware import resolve, resolve_device
 from ..options import DEFAULT_RAY_WORKERS, LOCAL_DIR, ModelOptions, RunOptions
 from ..pool import pool_payload
 from . import EngineSpec, ImageResult
