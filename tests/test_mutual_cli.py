@@ -19,8 +19,8 @@ from winclip_cli.pool import load_pool
 @pytest.fixture(autouse=True)
 def fp32_by_default(monkeypatch):
     """auto computes in fp32 here, as on a CPU without AMX, so the command line's rows can
-    be compared with the library's (fp32 by default). At bf16 the tiny model's mutual
-    scores moved by up to 0.07 (reported)."""
+    be compared with the library's (fp32 by default) exactly; how far bf16 moves MSM is
+    test_mutual's half-precision tests."""
     monkeypatch.setattr(hardware, "cpu_features", lambda: {})
 
 
