@@ -66,11 +66,10 @@ class PeakRss:
         self.peak = max(self.peak, self.now())
 
 
-def msm_gflop(n: int, length: int, width: int, dtype: torch.dtype) -> float:
-    """FLOPs of set mode's products: each pair of image blocks once, 4 layers x 3 degrees
-    (bf16 operands are three times as wide: mutual.distance_operands)."""
+def msm_gflop(n: int, length: int, width: int) -> float:
+    """FLOPs of set mode's products: each pair of image blocks once, 4 layers x 3 degrees."""
     step = max(1, mutual.BLOCK_ROWS // length)
-    padded = mutual.operand_width(width, dtype)
+    padded = -(-(width + 1) // mutual.WIDTH_MULTIPLE) * mutual.WIDTH_MULTIPLE
     pairs = 0
     for a0 in range(0, n, step):
         for b0 in range(a0, n, step):
@@ -82,7 +81,7 @@ def msm_gflop(n: int, length: int, width: int, dtype: torch.dtype) -> float:
 def block_matmul_gflops(length: int, width: int, dtype: torch.dtype) -> float:
     """The rate of one plain product of MSM's block shape, in this process now."""
     rows = max(1, mutual.BLOCK_ROWS // length) * length
-    padded = mutual.operand_width(width, dtype)
+    padded = -(-(width + 1) // mutual.WIDTH_MULTIPLE) * mutual.WIDTH_MULTIPLE
     a, b = torch.randn(rows, padded).to(dtype), torch.randn(rows, padded).to(dtype)
     return 2 * rows * rows * padded / best_of(lambda: a @ b.T, 5) / 1e9
 
@@ -143,7 +142,7 @@ def measure(weights: Path, cache: Path, precision: str, args: argparse.Namespace
     result.update(
         precision=precision,
         loaded_rss=loaded_rss,
-        msm_gflop=msm_gflop(n, length, width, wc.mutual.matmul_dtype),
+        msm_gflop=msm_gflop(n, length, width),
         matmul_gflops=block_matmul_gflops(length, width, wc.mutual.matmul_dtype),
     )
     return result

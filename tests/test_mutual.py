@@ -152,20 +152,20 @@ def test_set_msm_matches_reference(n):
     torch.testing.assert_close(fast.double(), slow, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_msm_keeps_near_neighbours_relative(dtype):
-    """Patches close to each other (squared distances near 0.01, as a part's normal
-    patches are across photos): rounding the vectors alone would err by the size of the
-    distance itself; the split operands keep each score within 0.5% of float64."""
-    base = torch.randn(1, 12, 64, generator=torch.Generator().manual_seed(3))
-    noise = torch.randn(5, 12, 64, generator=torch.Generator().manual_seed(4))
-    z = torch.nn.functional.normalize(base + 0.05 * noise, dim=-1)
-    slow = ref.msm_set([image.double() for image in z])
-    fast = mutual.set_patch_scores(z, dtype).double()
-    assert slow.max() < 0.2  # near neighbours indeed
-    torch.testing.assert_close(fast, slow, rtol=5e-3, atol=0)
-    rounded = mutual.set_patch_scores(z.to(dtype).float(), torch.float32).double()
-    assert ((rounded - slow).abs() / slow).max() > 0.02  # what rounding z alone costs
+def test_bf16_msm_errs_by_the_rounding_of_a_dot_product_not_of_the_distance():
+    """The bound mutual.py states: at the default model's width the bf16 products err by
+    about 2^-9 / sqrt(C) in each squared distance, a small share of distances near 0.5;
+    for narrow, nearly identical patches the same error is a large share."""
+    for width, spread, most in ((896, 0.5, 5e-3), (64, 0.05, None)):
+        base = torch.randn(1, 12, width, generator=torch.Generator().manual_seed(3))
+        noise = torch.randn(4, 12, width, generator=torch.Generator().manual_seed(4))
+        z = torch.nn.functional.normalize(base + spread * noise, dim=-1)
+        slow = ref.msm_set([image.double() for image in z])
+        relative = (mutual.set_patch_scores(z, torch.bfloat16).double() - slow).abs() / slow
+        if most is not None:
+            assert relative.max() < most
+        else:
+            assert relative.max() > 0.05  # why the tests compare rows at fp32
 
 
 def test_set_msm_in_small_blocks_is_the_same(monkeypatch):
@@ -307,7 +307,7 @@ def test_bf16_stays_close_to_fp32(tiny, cache_dir):
     assert bf16.mutual.matmul_dtype == torch.bfloat16
     a, b = fp32.predict_mutual(x), bf16.predict_mutual(x)
     # maps within a bf16 rounding or two (set scores are min-max stretched: not compared)
-    torch.testing.assert_close(b.grid_maps, a.grid_maps, rtol=0.02, atol=1e-3)
+    assert (a.grid_maps - b.grid_maps).abs().max() < 0.01
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,13 @@ directly when ``a`` carries an extra 1 and ``b`` is stored as ``(-2 b, 2)``. Tak
 minimum of squared distances and the square root of the few kept keeps the order of
 the Euclidean distances.
 
-At bf16 (and fp16) each vector is split into its rounded value and the rounding's
-remainder, ``z = hi + lo``, and the product carries ``hi.hi + hi.lo + lo.hi``: rounding
-z itself would err by about 2^-9 of |z|^2 = 1, as much as a near neighbour's whole
-squared distance, which is what MSM keeps. The product accumulates in float32, so the
-squared distance is rounded once, relative to its own size (not to 1), at three times
-the width of one bf16 product (still several times faster than float32 on AMX).
+At bf16 the operands are the unit vectors rounded to bf16 (the product accumulates in
+float32): a dot product errs by about 2^-9 / sqrt(C), so a squared distance by that much
+absolutely, not relative to its own size. At the default model's width (C = 896) that
+moves maps by 5e-4, as much as the bf16 forward pass itself moves them; carrying each
+vector's rounding remainder too (three products in one) removed only a fifth of that
+and cost 1.8x the MSM time (README, "Mutual scoring"). For a narrow model whose patches
+are nearly identical (the tests' tiny one) the error is as large as the distances kept.
 """
 
 from __future__ import annotations
@@ -95,34 +96,17 @@ def lnamd(tokens: torch.Tensor, grid_size: tuple[int, int], r: int) -> torch.Ten
 # ----- MSM -----------------------------------------------------------------------------
 
 
-def operand_width(channels: int, dtype: torch.dtype) -> int:
-    """The width of distance_operands for ``channels``-wide vectors at ``dtype``."""
-    used = channels * (1 if dtype == torch.float32 else 3) + 1
-    return -(-used // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
-
-
 def distance_operands(z: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Left and right operands, (N, L, width) in ``dtype``, of unit vectors z (N, L, C):
-    ``left[p] . right[q] = 2 - 2 z_p . z_q = ||z_p - z_q||^2``. Below float32 the
-    operands hold ``(hi, lo, hi, 1)`` and ``(-2 hi, -2 hi, -2 lo, 2)`` (see the module's
-    docstring); scaling by -2 is exact (a power of two)."""
-    if dtype == torch.float32:
-        parts_left, parts_right = [z], [z * -2]
-    else:
-        hi = z.to(dtype)
-        lo = (z - hi.float()).to(dtype)
-        parts_left, parts_right = [hi, lo, hi], [hi * -2, hi * -2, lo * -2]
+    ``left[p] . right[q] = 2 - 2 z_p . z_q = ||z_p - z_q||^2``."""
     n, length, c = z.shape
-    width = operand_width(c, dtype)
+    width = -(-(c + 1) // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
     left = z.new_zeros(n, length, width, dtype=dtype)
     right = z.new_zeros(n, length, width, dtype=dtype)
-    start = 0
-    for part_left, part_right in zip(parts_left, parts_right, strict=True):
-        end = start + part_left.shape[-1]
-        left[..., start:end], right[..., start:end] = part_left, part_right
-        start = end
-    left[..., start] = 1.0
-    right[..., start] = 2.0
+    left[..., :c] = z
+    left[..., c] = 1.0
+    right[..., :c] = z.to(dtype) * -2  # exact: a power of two times the rounded value
+    right[..., c] = 2.0
     return left, right
 
 
