@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,13 @@ from tests.tiny_model import make_tiny_model
 
 # Tests must never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A suite started as a script's background job (`.ci/run &`) inherits SIGINT ignored, and
+# winclip rightly keeps an inherited SIG_IGN (test_pipeline). The interrupt tests send
+# SIGINT as a terminal's Ctrl-C would: their runs must start with it at its default,
+# which a handler here gives them (exec resets a handled signal, not an ignored one).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
