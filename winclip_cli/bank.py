@@ -7,16 +7,14 @@ mismatched file is never trusted. A calibration file embeds the same payload.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import atomic_write
 from .errors import BankFileError
-from .payloads import BANK_FORMAT, BANK_VERSION, BankFile
+from .payloads import BANK_FORMAT, BANK_VERSION, BankFile, read_torch_file, write_torch_file
 from .schemas import check
 
 
@@ -71,19 +69,11 @@ def bank_from_payload(payload: Any, where: str) -> ReferenceBank:
 
 def save_bank(bank: ReferenceBank, path: str | os.PathLike[str]) -> None:
     """Write a bank file (a torch file of plain tensors and strings, safe to load)."""
-    payload = bank_payload(bank)
-    atomic_write(Path(path), lambda f: torch.save(payload, f))
+    write_torch_file(path, bank_payload(bank))
 
 
 def load_bank(path: str | os.PathLike[str]) -> ReferenceBank:
     """Read a bank file written by save_bank; raises BankFileError when it is not one."""
     path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickles before failing
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise BankFileError(f"reference bank {path} not found") from exc
-    except Exception as exc:
-        raise BankFileError(f"{path} is not a readable reference bank file") from exc
+    payload = read_torch_file(path, "reference bank file", BankFileError)
     return bank_from_payload(payload, str(path))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal, localcontext
 from fractions import Fraction
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write
 from .bank import ReferenceBank, bank_from_payload, bank_payload
 from .errors import BankFileError, CalibrationError
 from .hardware import RESOLVED, UNRECORDED
@@ -34,6 +32,8 @@ from .payloads import (
     CALIBRATION_VERSION,
     CalibrationFile,
     CalibrationSettings,
+    read_torch_file,
+    write_torch_file,
 )
 from .schemas import check
 
@@ -268,21 +268,14 @@ def save_calibration(cal: Calibration, path: str | os.PathLike[str]) -> None:
         payload["lineage"] = json.dumps(cal.lineage, allow_nan=False)
     if cal.model_record is not None:  # the model it was made with (provenance)
         payload["model"] = json.dumps(cal.model_record)
-    atomic_write(Path(path), lambda f: torch.save(payload, f))
+    write_torch_file(path, payload)
 
 
 def load_calibration(path: str | os.PathLike[str]) -> Calibration:
     """Read a file written by save_calibration; CalibrationError when it is not a good one."""
     path = Path(path)
     where = str(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickles before failing
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CalibrationError(f"calibration file {where} not found") from exc
-    except Exception as exc:  # truncated, random bytes, a folder, unsafe pickle...
-        raise CalibrationError(f"{where} is not a readable calibration file") from exc
+    payload = read_torch_file(path, "calibration file", CalibrationError)
     if isinstance(payload, dict) and payload.get("format") == BANK_FORMAT:
         raise CalibrationError(f"{where} is a reference bank, not a calibration file")
     if not isinstance(payload, dict) or payload.get("format") != CALIBRATION_FORMAT:

@@ -9,11 +9,16 @@ a temperature that is not positive.
 from __future__ import annotations
 
 import math
+import os
+import warnings
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import AfterValidator, Field
 
+from .atomic import atomic_write
+from .errors import WinclipError
 from .prompts import PromptLists, clean_class_name
 from .schemas import NOT_NULL, Count, FileSchema, PositiveCount
 
@@ -21,6 +26,25 @@ BANK_FORMAT = "winclip-reference-bank"
 BANK_VERSION = 1
 CALIBRATION_FORMAT = "winclip-calibration"
 CALIBRATION_VERSION = 1
+
+
+def write_torch_file(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Write a payload of plain tensors and strings (safe to load) through the one write
+    path."""
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def read_torch_file(path: Path, kind: str, error: type[WinclipError], mmap: bool = False) -> Any:
+    """The payload of a file written by write_torch_file, loaded weights_only; ``error``
+    naming the ``kind`` of file (e.g. "pool file") when it is missing or not one."""
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickles before failing
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError as exc:
+        raise error(f"{kind} {path} not found") from exc
+    except Exception as exc:  # truncated, random bytes, a folder, unsafe pickle...
+        raise error(f"{path} is not a readable {kind}") from exc
 
 
 def _matrix(value: torch.Tensor) -> torch.Tensor:

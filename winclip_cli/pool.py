@@ -16,16 +16,15 @@ import hashlib
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import atomic_write
 from .errors import PoolFileError
 from .mutual import aggregate, distance_operands
+from .payloads import read_torch_file, write_torch_file
 
 POOL_FORMAT = "winclip-mutual-pool"
 POOL_VERSION = 1
@@ -117,19 +116,11 @@ def pool_from_payload(payload: Any, where: str) -> MutualPool:
 
 def save_pool(pool: MutualPool, path: str | os.PathLike[str]) -> None:
     """Write a pool file (a torch file of plain tensors and strings, safe to load)."""
-    payload = pool_payload(pool)
-    atomic_write(Path(path), lambda f: torch.save(payload, f))
+    write_torch_file(path, pool_payload(pool))
 
 
 def load_pool(path: str | os.PathLike[str]) -> MutualPool:
     """Read a pool file written by save_pool; PoolFileError when it is not one."""
     path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickles before failing
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError as exc:
-        raise PoolFileError(f"pool {path} not found") from exc
-    except Exception as exc:
-        raise PoolFileError(f"{path} is not a readable pool file") from exc
+    payload = read_torch_file(path, "pool file", PoolFileError, mmap=True)
     return pool_from_payload(payload, str(path))
