@@ -10,6 +10,7 @@ from PIL import Image
 
 from tests.helpers import COUNT, WEIRD
 from tests.tiny_model import make_tiny_model
+from winclip_cli.model import WinClip
 
 # Tests must never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,6 +42,17 @@ def wc(tiny, cache_dir):
     from winclip_cli import WinClip
 
     return WinClip.load(model=tiny["name"], weights=tiny["weights"], cache_dir=cache_dir)
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Planning never loads the model: a test that uses this fails if it does."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("planning loaded the model")
+
+    monkeypatch.setattr(WinClip, "load", refuse)
+    monkeypatch.setattr(WinClip, "from_options", refuse)
 
 
 @pytest.fixture()

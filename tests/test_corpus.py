@@ -229,11 +229,6 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, Expect]]:
     return root, expect
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-corpus"))["local_dir"])
-
-
 def winclip(args: list[str], cache: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WINCLIP_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(

@@ -31,7 +31,6 @@ import torch
 from PIL import Image
 
 from tests.helpers import SLOW_START, env_for, invoke, run_runner
-from tests.tiny_model import make_tiny_model
 from winclip_cli import atomic
 from winclip_cli.atomic import atomic_write
 from winclip_cli.bank import ReferenceBank, load_bank, save_bank
@@ -54,7 +53,7 @@ from winclip_cli.manifest import (
     read_manifest,
     rebuilt_manifest,
 )
-from winclip_cli.overlaps import FileUse, reads_of, refuse_overlaps
+from winclip_cli.overlaps import FileUse, refuse_overlaps
 from winclip_cli.prompts import load_prompt_file
 from winclip_cli.resume_rows import check_rows, gone_error_rows, one_row_per_input
 from winclip_cli.rows import Row, RowWriter
@@ -250,11 +249,6 @@ def test_a_run_that_stops_stops_its_workers_even_stuck_ones(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-faults"))["local_dir"])
-
-
-@pytest.fixture(scope="module")
 def parts(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("faults") / "parts"
     folder.mkdir()
@@ -439,7 +433,7 @@ def test_outputs_apart_from_the_reads_pass(files, tmp_path):
         FileUse("the run manifest", manifest_path(tmp_path / "new.csv")),
         FileUse("--report", tmp_path / "report.html"),
         FileUse("--out", tmp_path / "m" / "new-file.png"),  # a new file in a folder read
-        *reads_of("--out", [tmp_path / "out" / f"{i}.png" for i in range(3)]),
+        *(FileUse("--out", tmp_path / "out" / f"{i}.png") for i in range(3)),
     ]
     refuse_overlaps(reads(files), writes)
 

@@ -13,7 +13,6 @@ from PIL import Image
 from winclip_cli import settings
 from winclip_cli.decision import ThresholdRule
 from winclip_cli.errors import UsageError
-from winclip_cli.model import WinClip
 from winclip_cli.options import (
     CalibrateOptions,
     ModelOptions,
@@ -27,16 +26,7 @@ from winclip_cli.rows_file import RowsFile
 from winclip_cli.settings import SETTINGS, RunFacts, Setting, run_settings
 from winclip_cli.tiling import TileGrid
 
-
-@pytest.fixture(autouse=True)
-def no_model(monkeypatch):
-    """Planning never loads the model."""
-
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("planning loaded the model")
-
-    monkeypatch.setattr(WinClip, "load", refuse)
-    monkeypatch.setattr(WinClip, "from_options", refuse)
+pytestmark = pytest.mark.usefixtures("no_model")  # planning never loads the model
 
 
 def images(folder: Path, count: int = 3) -> Path:

@@ -9,22 +9,12 @@ import pytest
 
 from tests.helpers import make_mvtec
 from winclip_cli.errors import DatasetError, UsageError
-from winclip_cli.model import WinClip
 from winclip_cli.options import EvalOptions, RunOptions
 from winclip_cli.planning import engine_spec
 from winclip_cli.planning_eval import plan_eval
 from winclip_cli.prompts import PromptSet
 
-
-@pytest.fixture(autouse=True)
-def no_model(monkeypatch):
-    """Planning is everything before the model: loading one here is a failure."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("plan_eval loaded a model")
-
-    monkeypatch.setattr(WinClip, "load", refuse)
-    monkeypatch.setattr(WinClip, "from_options", refuse)
+pytestmark = pytest.mark.usefixtures("no_model")  # planning never loads the model
 
 
 def test_the_plan_has_the_categories_and_a_runs_engine(tmp_path):

@@ -113,8 +113,3 @@ def refuse_overlaps(reads: Iterable[FileUse], writes: Sequence[FileUse]) -> None
                 f"{_how(ident, first_ident)}; give them different names"
             )
         write_index.add(write, ident)
-
-
-def reads_of(role: str, paths: Iterable[Path | str | None]) -> list[FileUse]:
-    """``FileUse``s of one role for the given paths (None skipped): many inputs at once."""
-    return [FileUse(role, Path(p)) for p in paths if p is not None]
