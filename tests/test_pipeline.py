@@ -44,7 +44,7 @@ def test_reporter_animates_only_on_a_terminal_and_quiet_keeps_errors(monkeypatch
     piped = io.StringIO()
     reporter = Reporter(stream=piped)
     reporter.start(10, "scoring")
-    reporter.advance(5, 5, 1.0)
+    reporter.advance(5, 5)
     reporter.stop()
     # No bar into a pipe or a log file: progress lines (each tenth or 30 s) instead; the
     # first images give no rate yet (it counts from the first one, not from start-up).
@@ -62,14 +62,14 @@ def test_reporter_animates_only_on_a_terminal_and_quiet_keeps_errors(monkeypatch
     clock = iter([10.0, 12.0])  # the first image at 10 s, five more by 12 s
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     reporter.start(10, "scoring")
-    reporter.advance(5, 5, 2.0)
-    reporter.advance(5, 10, 4.0)
+    reporter.advance(5, 5)
+    reporter.advance(5, 10)
     reporter.stop()
     monkeypatch.undo()
     assert "2.50 img/s" in terminal.getvalue()
     terminal.truncate(0)
     reporter.start(10, "scoring", live=False)  # rows on the same screen: no bar
-    reporter.advance(5, 5, 2.0)
+    reporter.advance(5, 5)
     reporter.stop()
     assert terminal.getvalue() == ""
 

@@ -145,15 +145,15 @@ def test_a_run_quicker_than_the_burst_still_ends_with_its_rate(monkeypatch):
     assert rate.update(9, final=True) == pytest.approx(8 / 0.04)
 
 
-def test_calibrate_style_callers_get_a_real_rate(monkeypatch):
-    """calibrate passes elapsed=0.0: the reporter keeps its own clock."""
+def test_the_reporter_keeps_its_own_clock_for_the_rate(monkeypatch):
+    """Callers pass counts only: the rate comes from the reporter's own clock."""
     log = io.StringIO()
     reporter = Reporter(stream=log)
     clock = iter([10.0, 11.0, 12.0, 13.0])
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     reporter.start(3, "calibrating")
     for done in (1, 2, 3):
-        reporter.advance(1, done, 0.0)
+        reporter.advance(1, done)
     assert "1.00 img/s" in log.getvalue().splitlines()[-1]
 
 

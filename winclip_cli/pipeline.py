@@ -230,13 +230,12 @@ def scored(
     """The one loop of every command: each image with its result, in input order, with
     the progress bar (advanced once the caller is done with the image). Close it (with
     contextlib.closing) so the bar stops even when the caller fails."""
-    started = time.perf_counter()
     reporter.start(len(images), what, live=live)
     try:
         results = engine.predict(images)
         for done, (image, result) in enumerate(zip(images, results, strict=True), 1):
             yield image, result
-            reporter.advance(1, done, time.perf_counter() - started)
+            reporter.advance(1, done)
     finally:
         reporter.stop()
 

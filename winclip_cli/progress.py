@@ -167,10 +167,9 @@ class Reporter:
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, rate="")
 
-    def advance(self, count: int, done: int, elapsed: float | None = None) -> None:
+    def advance(self, count: int, done: int) -> None:
         """``done`` of the total are finished (``count`` of them just now). The rate and
-        ETA count from the first finished image, not from start-up (model, workers);
-        ``elapsed`` is not used (kept for callers that pass it)."""
+        ETA count from the first finished image, not from start-up (model, workers)."""
         rate = self._rate.update(done, final=done >= self._total)
         if self._log is not None and (line := self._log.line(done, rate)):
             self.info(line)
